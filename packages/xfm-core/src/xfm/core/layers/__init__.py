@@ -1,0 +1,18 @@
+"""Reusable transformer building blocks shared by every xfm encoder (all on ``xfm.core.attention``)."""
+
+from xfm.core.layers.bert_layer import PostLNLayer
+from xfm.core.layers.drop_path import DropPath, drop_path
+from xfm.core.layers.mha import MultiHeadAttention
+from xfm.core.layers.mlp import Mlp, get_activation
+from xfm.core.layers.vit_block import FusedQKVAttention, PreLNBlock
+
+__all__ = [
+    "DropPath",
+    "FusedQKVAttention",
+    "Mlp",
+    "MultiHeadAttention",
+    "PostLNLayer",
+    "PreLNBlock",
+    "drop_path",
+    "get_activation",
+]

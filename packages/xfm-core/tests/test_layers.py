@@ -1,0 +1,128 @@
+"""The shared blocks equal hand-written reference computations from their own parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xfm.core.attention import runnable_backends, use_backend
+from xfm.core.layers import DropPath, MultiHeadAttention, PostLNLayer, PreLNBlock
+
+BACKENDS = runnable_backends("cpu")
+
+
+def _mha_ref(m: MultiHeadAttention, x, ctx, key_mask):
+    """Textbook multi-head attention with -inf masking, in float64."""
+    b, tq, d = x.shape
+    h, dh = m.num_heads, m.head_dim
+
+    def lin(layer, t):
+        return F.linear(t.double(), layer.weight.double(), layer.bias.double())
+
+    q = lin(m.query, x).view(b, tq, h, dh).transpose(1, 2)
+    k = lin(m.key, ctx).view(b, -1, h, dh).transpose(1, 2)
+    v = lin(m.value, ctx).view(b, -1, h, dh).transpose(1, 2)
+    s = q @ k.transpose(-1, -2) / dh**0.5
+    if key_mask is not None:
+        s = s.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    o = (s.softmax(-1) @ v).transpose(1, 2).reshape(b, tq, d)
+    return lin(m.out, o)
+
+
+def _ln(norm, t):
+    return F.layer_norm(
+        t, norm.normalized_shape, norm.weight.double(), norm.bias.double(), norm.eps
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_post_ln_layer_with_cross_attention_matches_reference(backend):
+    torch.manual_seed(0)
+    layer = PostLNLayer(16, 4, 40, cross_attention=True, cross_dim=24, eps=1e-5).eval()
+    x, ctx = torch.randn(3, 6, 16), torch.randn(3, 9, 24)
+    mask = torch.arange(6)[None] < torch.tensor([6, 4, 2])[:, None]
+    cmask = torch.arange(9)[None] < torch.tensor([9, 9, 5])[:, None]
+    with use_backend(backend):
+        out = layer(x, key_mask=mask, context=ctx, context_mask=cmask)
+    h = _ln(layer.self_norm, x.double() + _mha_ref(layer.self_attn, x, x, mask))
+    h = _ln(layer.cross_norm, h + _mha_ref(layer.cross_attn, h.float(), ctx, cmask))
+    f = layer.ffn
+    ff = F.linear(
+        F.gelu(F.linear(h, f.fc1.weight.double(), f.fc1.bias.double())),
+        f.fc2.weight.double(),
+        f.fc2.bias.double(),
+    )
+    ref = _ln(layer.ffn_norm, h + ff)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_reuses_precomputed_kv():
+    torch.manual_seed(0)
+    layer = PostLNLayer(16, 4, 40, cross_attention=True, cross_dim=24).eval()
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 7, 24)
+    kv = layer.cross_attn.project_kv(ctx)
+    torch.testing.assert_close(layer(x, context=ctx), layer(x, context_kv=kv), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="context width must be 24; got 16"):
+        layer(x, context=x)
+    with pytest.raises(ValueError, match="pass `context`"):
+        layer(x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("qkv_bias", ["qv", "qkv", "none"])
+def test_pre_ln_block_matches_reference(backend, qkv_bias):
+    torch.manual_seed(0)
+    blk = PreLNBlock(16, 4, mlp_ratio=2.0, qkv_bias=qkv_bias, layer_scale_init=0.1).eval()
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(2, 5, 16)
+    rel = torch.randn(4, 5, 5, requires_grad=True)
+    with use_backend(backend):
+        out = blk(x, attn_bias=rel)
+    a = blk.attn
+    xd = x.double()
+    n1 = _ln(blk.norm1, xd)
+    if qkv_bias == "qv":
+        bias = torch.cat([a.q_bias, torch.zeros(16), a.v_bias]).double()
+    elif qkv_bias == "qkv":
+        bias = a.qkv.bias.double()
+    else:
+        bias = None
+    qkv = F.linear(n1, a.qkv.weight.double(), bias).view(2, 5, 3, 4, 4).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0] * 4**-0.5, qkv[1], qkv[2]
+    att = ((q @ k.transpose(-1, -2)) + rel.double()).softmax(-1) @ v
+    att = F.linear(
+        att.transpose(1, 2).reshape(2, 5, 16), a.proj.weight.double(), a.proj.bias.double()
+    )
+    h = xd + blk.gamma_1.double() * att
+    m = blk.mlp
+    n2 = _ln(blk.norm2, h)
+    mlp = F.linear(
+        F.gelu(F.linear(n2, m.fc1.weight.double(), m.fc1.bias.double())),
+        m.fc2.weight.double(),
+        m.fc2.bias.double(),
+    )
+    ref = h + blk.gamma_2.double() * mlp
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert rel.grad is not None and rel.grad.abs().sum() > 0
+
+
+def test_drop_path_keeps_expectation_and_is_identity_in_eval():
+    dp = DropPath(0.25)
+    x = torch.ones(20000, 3)
+    torch.manual_seed(0)
+    y = dp.train()(x)
+    kept = (y[:, 0] != 0).float().mean().item()
+    assert abs(kept - 0.75) < 0.02
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.75))
+    assert torch.equal(dp.eval()(x), x)
+    with pytest.raises(ValueError, match=r"drop path rate must be in \[0, 1\)"):
+        DropPath(1.0)
+
+
+def test_width_not_divisible_by_heads_is_explained():
+    with pytest.raises(ValueError, match="width 10 is not divisible by the number of heads 4"):
+        MultiHeadAttention(10, 4)
