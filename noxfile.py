@@ -58,13 +58,8 @@ FORBIDDEN: dict[str, list[str]] = {
     "tasks": [],
 }
 
-#: Pins that keep pip's resolver fast with mosaicml-streaming (see DEVELOPERS notes).
-CONSTRAINTS = [
-    "fsspec==2025.12.0",
-    "s3fs==2025.12.0",
-    "gcsfs==2025.12.0",
-    "boto3>=1.41.0,<1.41.6",
-]
+#: Version pins for every install (constraints only: they never add a package).
+CONSTRAINTS = ["-c", str(ROOT / "tools" / "constraints.txt")]
 
 
 def _link_torch(session: nox.Session) -> None:
@@ -78,8 +73,7 @@ def _install(session: nox.Session, package: str, local: list[str], extras: list[
     args = [str(ROOT / "packages" / f"xfm-{dep}") for dep in local]
     extra = ",".join(extras)
     args.append(f"{ROOT / 'packages' / f'xfm-{package}'}[{extra}]")
-    needs_cloud = package in ("train", "tasks")
-    session.install(*args, *(CONSTRAINTS if needs_cloud else []))
+    session.install(*args, *CONSTRAINTS)
     if NO_DEPS.get(package):
         session.install("--no-deps", *NO_DEPS[package])
 

@@ -2,6 +2,7 @@
 
 from xfm.core.layers.bert_layer import PostLNLayer
 from xfm.core.layers.drop_path import DropPath, drop_path
+from xfm.core.layers.heads import MLMHead, MLPHead
 from xfm.core.layers.mha import MultiHeadAttention
 from xfm.core.layers.mlp import Mlp, get_activation
 from xfm.core.layers.vit_block import FusedQKVAttention, PreLNBlock
@@ -9,6 +10,8 @@ from xfm.core.layers.vit_block import FusedQKVAttention, PreLNBlock
 __all__ = [
     "DropPath",
     "FusedQKVAttention",
+    "MLMHead",
+    "MLPHead",
     "Mlp",
     "MultiHeadAttention",
     "PostLNLayer",
