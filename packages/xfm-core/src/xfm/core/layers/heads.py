@@ -51,5 +51,8 @@ class MLPHead(nn.Sequential):
     def __init__(self, dim: int, out_dim: int, hidden_dim: int | None = None, eps: float = 1e-5):
         hidden = hidden_dim or 2 * dim
         super().__init__(
-            nn.Linear(dim, hidden), nn.LayerNorm(hidden, eps=eps), nn.GELU(), nn.Linear(hidden, out_dim)
+            nn.Linear(dim, hidden),
+            nn.LayerNorm(hidden, eps=eps),
+            nn.GELU(),
+            nn.Linear(hidden, out_dim),
         )
