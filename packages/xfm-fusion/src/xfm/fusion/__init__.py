@@ -1,3 +1,25 @@
-"""xfm.fusion: Fusion encoder, the composed X-FM model and its heads, official X-FM checkpoint import."""
+"""xfm.fusion: the fusion encoder, the composed X-FM model and its heads, official checkpoint import."""
+
+from xfm.fusion.encoder import CrossAttentionFusionEncoder, FusionEncoderConfig
+from xfm.fusion.model import XFM, XFMConfig
+from xfm.fusion.official import (
+    UNUSED_OFFICIAL,
+    from_official,
+    infer_official_config,
+    to_official,
+    xfm_config_from_golden,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "UNUSED_OFFICIAL",
+    "XFM",
+    "CrossAttentionFusionEncoder",
+    "FusionEncoderConfig",
+    "XFMConfig",
+    "from_official",
+    "infer_official_config",
+    "to_official",
+    "xfm_config_from_golden",
+]

@@ -1,0 +1,214 @@
+"""The composed X-FM model: three encoders found through the registry, plus heads."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xfm.core.layers import MLMHead, MLPHead
+from xfm.core.registry import create
+
+
+def _default_text() -> dict[str, Any]:
+    return {"name": "roberta"}
+
+
+def _default_vision() -> dict[str, Any]:
+    return {"name": "beit_v2"}
+
+
+def _default_fusion() -> dict[str, Any]:
+    return {"name": "cross_attention"}
+
+
+@dataclass
+class XFMConfig:
+    """X-FM model: encoder specs by registry name + options, heads and the two techniques.
+
+    ``text``, ``vision`` and ``fusion`` are ``{"name": <registered name>, **encoder options}``.
+    The fusion encoder's ``width`` and ``vision_width`` default to the text and vision widths.
+    """
+
+    text: dict[str, Any] = field(default_factory=_default_text)
+    vision: dict[str, Any] = field(default_factory=_default_vision)
+    fusion: dict[str, Any] = field(default_factory=_default_fusion)
+    embed_dim: int = 256
+    temp: float = 0.07
+    min_temp: float = 0.001
+    max_temp: float = 0.5
+    #: Detach the language states wherever the fusion encoder consumes them (SPEC section 4.1).
+    stop_gradient: bool = True
+    #: MIM target = the model's own unmasked vision output, detached (SPEC section 4.2). When
+    #: off, the target comes from a frozen copy of the vision encoder as it was at construction
+    #: (or at :meth:`XFM.reset_mim_teacher`): a teacher that vision-language training never updates.
+    vision_guidance: bool = True
+
+
+def _create_encoder(kind: str, spec: dict[str, Any], **defaults: Any) -> nn.Module:
+    if "name" not in spec:
+        raise ValueError(f"the {kind} spec needs a registry 'name'; got keys {sorted(spec)}")
+    options = {k: v for k, v in spec.items() if k != "name"}
+    for key, value in defaults.items():
+        options.setdefault(key, value)
+    return create(kind, spec["name"], **options)
+
+
+def _width(encoder: nn.Module, kind: str) -> int:
+    width = getattr(encoder, "width", None)
+    if not isinstance(width, int):
+        raise TypeError(f"the {kind} {type(encoder).__name__} must expose an integer `width`")
+    return width
+
+
+class XFM(nn.Module):
+    """Language, vision and fusion encoders with X-FM's projection, ITM, bbox and MLM heads.
+
+    Shapes: images ``[B, 3, H, W]``; token ids / masks ``[B, T]``; vision states
+    ``[B, 1+N, Dv]``; text and fusion states ``[B, T, Dt]``; ITC features ``[B, E]``.
+    """
+
+    def __init__(self, config: XFMConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        config = dataclasses.replace(config or XFMConfig(), **overrides)
+        self.config = config
+        self.vision_encoder = _create_encoder("vision_encoder", config.vision)
+        self.text_encoder = _create_encoder("text_encoder", config.text)
+        dv = _width(self.vision_encoder, "vision encoder")
+        dt = _width(self.text_encoder, "text encoder")
+        self.fusion_encoder = _create_encoder(
+            "fusion_encoder", config.fusion, width=dt, vision_width=dv
+        )
+        df = _width(self.fusion_encoder, "fusion encoder")
+        if df != dt:
+            raise ValueError(f"the fusion encoder width ({df}) must equal the text width ({dt})")
+        tcfg = self.text_encoder.config
+        word = self.text_encoder.embeddings.word.weight
+        self.text_mlm_head = MLMHead(dt, tcfg.vocab_size, eps=tcfg.layer_norm_eps, tied_weight=word)
+        self.fusion_mlm_head = MLMHead(dt, tcfg.vocab_size, eps=tcfg.layer_norm_eps)
+        self.vision_proj = nn.Linear(dv, config.embed_dim)
+        self.text_proj = nn.Linear(dt, config.embed_dim)
+        self.temp = nn.Parameter(torch.tensor(float(config.temp)))
+        self.itm_head = MLPHead(dt, 2)
+        self.bbox_head = MLPHead(dt, 4)
+        #: Official tensors with no counterpart here, kept for export (see xfm.fusion.official).
+        self.official_extras: dict[str, torch.Tensor] = {}
+        self._mim_teacher: list[nn.Module] = []  # a list keeps it out of parameters/state_dict
+        if not config.vision_guidance:
+            self.reset_mim_teacher()
+
+    # ----------------------------------------------------------------- encoders
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> vision states ``[B, 1+N, Dv]``."""
+        return self.vision_encoder(image)
+
+    def encode_masked_image(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Patches where ``mask`` ``[B, N]`` is True are replaced by the mask token."""
+        return self.vision_encoder(image, mask=mask)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, T]`` + padding mask ``[B, T]`` -> language states ``[B, T, Dt]``."""
+        return self.text_encoder(ids, attention_mask=mask)
+
+    def fusion_image_kv(self, image_states: torch.Tensor):
+        """Per-layer cross-attention keys/values of ``image_states`` for reuse across passes."""
+        return self.fusion_encoder.image_kv(image_states)
+
+    def fuse(
+        self,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor,
+        image_states: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        image_kv=None,
+    ) -> torch.Tensor:
+        """Fusion states ``[B, T, Dt]``; the text states are detached when ``stop_gradient``."""
+        if self.config.stop_gradient:
+            text_states = text_states.detach()
+        return self.fusion_encoder(text_states, text_mask, image_states, image_mask, image_kv)
+
+    # -------------------------------------------------------------------- heads
+    def clamp_temp(self) -> None:
+        """Clamp the temperature in place into ``[min_temp, max_temp]`` (call before each step)."""
+        with torch.no_grad():
+            self.temp.clamp_(self.config.min_temp, self.config.max_temp)
+
+    def itc_features(
+        self, vision_states: torch.Tensor, text_states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised ``[B, E]`` image and text features from the position-0 states."""
+        image_feat = F.normalize(self.vision_proj(vision_states[:, 0]), dim=-1)
+        text_feat = F.normalize(self.text_proj(text_states[:, 0]), dim=-1)
+        return image_feat, text_feat
+
+    def similarity(self, image_feat: torch.Tensor, text_feat: torch.Tensor) -> torch.Tensor:
+        """ITC logits ``sim_i2t`` ``[Bi, Bt] = image_feat @ text_feat.T / temp``."""
+        return image_feat @ text_feat.t() / self.temp
+
+    def itm_logits(self, fusion_states: torch.Tensor) -> torch.Tensor:
+        """``[B, T, Dt]`` -> match / no-match logits ``[B, 2]`` from the pair vector."""
+        return self.itm_head(fusion_states[:, 0])
+
+    def predict_bbox(self, fusion_states: torch.Tensor) -> torch.Tensor:
+        """``[B, T, Dt]`` -> box ``(cx, cy, w, h)`` in [0, 1], ``[B, 4]``."""
+        return self.bbox_head(fusion_states[:, 0]).sigmoid()
+
+    @staticmethod
+    def _gather(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        idx = positions.long().unsqueeze(-1).expand(-1, -1, states.shape[-1])
+        return torch.gather(states, 1, idx)
+
+    def text_mlm_logits(self, text_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Text-only MLM logits ``[B, M, V]`` at ``positions`` ``[B, M]``."""
+        return self.text_mlm_head(self._gather(text_states, positions))
+
+    def fusion_mlm_logits(
+        self, fusion_states: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Image-conditioned MLM logits ``[B, M, V]`` at ``positions`` ``[B, M]``."""
+        return self.fusion_mlm_head(self._gather(fusion_states, positions))
+
+    # ---------------------------------------------------------------------- MIM
+    def reset_mim_teacher(self) -> None:
+        """Snapshot the current vision encoder as the frozen MIM teacher (``vision_guidance`` off)."""
+        teacher = copy.deepcopy(self.vision_encoder).eval().requires_grad_(False)
+        self._mim_teacher[:] = [teacher]
+
+    def mim_target(self, image: torch.Tensor, vision_states: torch.Tensor) -> torch.Tensor:
+        """MIM regression target ``[B, 1+N, Dv]`` (never carries gradient).
+
+        With ``vision_guidance`` the target is ``vision_states`` (this step's unmasked output of
+        the vision-language-trained encoder), detached; otherwise the frozen teacher's output.
+        """
+        if self.config.vision_guidance:
+            return vision_states.detach()
+        if not self._mim_teacher:
+            self.reset_mim_teacher()
+        teacher = self._mim_teacher[0].to(image.device)
+        with torch.no_grad():
+            return teacher(image)
+
+    # ------------------------------------------------------------------- region
+    @staticmethod
+    def region_vision_states(
+        vision_states: torch.Tensor, image_index: torch.Tensor, region_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-text region features ``[Bt, 1+N, Dv]`` (official ``region_vision_embeds``).
+
+        ``vision_states`` ``[Bi, 1+N, Dv]``; ``image_index`` ``[Bt]`` picks each text's image;
+        ``region_mask`` ``[Bt, 1+N]`` marks patches inside the region (column 0 always 1).
+        Position 0 becomes the mean of the patch states inside the region; positions ``1:`` are
+        the image's patch states (use ``region_mask`` as the cross-attention mask).
+        """
+        gathered = vision_states[image_index.long()]
+        w = region_mask[:, 1:].to(gathered.dtype).unsqueeze(-1)
+        pooled = (gathered[:, 1:] * w).sum(1) / w.sum(1).clamp_min(1.0)
+        return torch.cat([pooled.unsqueeze(1), gathered[:, 1:]], dim=1)
+
+
+__all__ = ["XFM", "XFMConfig"]
