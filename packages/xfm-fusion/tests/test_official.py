@@ -98,8 +98,12 @@ def test_unchecked_output_without_reason_fails(golden_dir, tmp_path):
 
 
 def _random_golden_like(golden_dir: Path, tmp_path: Path, golden_config: dict) -> Path:
-    """A golden-format directory with other dimensions (Dv != Dt, 48px, 3 layers ...), whose
-    expected outputs come from an independent evaluation of the official math."""
+    """A golden-format directory with other dimensions (Dv != Dt, 48px, 3 layers ...).
+
+    Its expected outputs are computed by a model built directly from the config (before the
+    export to official names): the check must rebuild the same model from ``config.json`` alone
+    and load it back through the official importer (Dv != Dt adds ``fusion_proj``). The numbers
+    themselves are proven against the official code by the golden test above."""
     cfg = json.loads(json.dumps(golden_config))
     cfg["vision"].update(image_size=48, patch_size=8, width=40, layers=3, heads=5, mlp_hidden=80)
     cfg["text"].update(width=32, layers=1, heads=2, intermediate_size=64)
