@@ -81,10 +81,11 @@ def detect_format(head: bytes, source: str = "<bytes>") -> CheckpointFormat:
     Raises:
         CheckpointError: when the bytes match no supported format.
     """
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        return "torch"
+    # safetensors first: its 8-byte header length may itself start with 0x80 (e.g. 2944)
     if len(head) >= 9 and head[8:9] == b"{":
         return "safetensors"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "torch"
     raise CheckpointError(
         f"{source}: unrecognised checkpoint format: expected safetensors (8-byte header length, "
         f"then a JSON header starting with '{{') or a torch.save file (zip archive starting with "
