@@ -212,7 +212,7 @@ def _fresh_unused(model: XFM, text_prefix: str) -> dict[str, torch.Tensor]:
     """Official-shaped stand-ins for :data:`UNUSED_OFFICIAL` (for a model never imported)."""
     tcfg = model.text_encoder.config
     d, v = tcfg.width, tcfg.vocab_size
-    device = model.text_proj.weight.device
+    device = next(model.parameters()).device
     out: dict[str, torch.Tensor] = {}
     for owner in ("text_encoder", "fusion_encoder"):
         head = f"{owner}.lm_cap_head."
