@@ -1,0 +1,49 @@
+"""Pretraining objectives (entry-point group ``xfm.objective``).
+
+Each objective is a small parameter-free object ``objective(model, ctx) -> {name: loss}``
+that reads the shared states of one batch from a :class:`BatchContext`:
+
+============== ============================ ==============================================
+name           sources                      losses
+============== ============================ ==============================================
+``itc``        image_text, region           ``itc`` (all-gathered, id-aware)
+``itm``        image_text, region           ``itm`` (hard negatives from the ITC softmax)
+``fusion_mlm`` image_text, region           ``fusion_mlm``
+``text_mlm``   text                         ``text_mlm``
+``mim``        image_text, image            ``mim`` (vision-language guided)
+``bbox``       region                       ``bbox`` (L1), ``giou``
+============== ============================ ==============================================
+
+On region data ``itc``/``itm``/``fusion_mlm`` are the official region variants: the image is
+the region's states (position 0 = mean of the patches in the box) with the region as the
+cross-attention mask.
+"""
+
+from xfm.train.objectives.base import Objective, masked_cross_entropy
+from xfm.train.objectives.bbox import BBox, bbox_losses
+from xfm.train.objectives.context import BatchContext
+from xfm.train.objectives.itc import ITC, itc_loss
+from xfm.train.objectives.itm import ITM, hard_negative_weights, sample_hard_negatives
+from xfm.train.objectives.mim import MIM, mim_loss
+from xfm.train.objectives.mlm import FusionMLM, TextMLM, gather_masked
+from xfm.train.objectives.official import GOLDEN_LOSS_KEYS, golden_losses
+
+__all__ = [
+    "GOLDEN_LOSS_KEYS",
+    "ITC",
+    "ITM",
+    "MIM",
+    "BBox",
+    "BatchContext",
+    "FusionMLM",
+    "Objective",
+    "TextMLM",
+    "bbox_losses",
+    "gather_masked",
+    "golden_losses",
+    "hard_negative_weights",
+    "itc_loss",
+    "masked_cross_entropy",
+    "mim_loss",
+    "sample_hard_negatives",
+]

@@ -1,0 +1,90 @@
+"""Every loss of the official X-FM golden outputs, computed with the xfm objectives.
+
+:func:`golden_losses` takes the tensors of a golden ``inputs.safetensors`` (official names;
+hard negatives fixed by ``neg_image_idx`` / ``neg_text_idx``) and returns the loss entries of
+``outputs.safetensors``. ``xfm check-official`` compares them with the official values.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from xfm.fusion.check_official import LOSS_OUTPUTS
+from xfm.train.objectives.bbox import BBox, bbox_losses
+from xfm.train.objectives.context import BatchContext
+from xfm.train.objectives.itc import ITC
+from xfm.train.objectives.itm import ITM
+from xfm.train.objectives.mim import MIM
+from xfm.train.objectives.mlm import FusionMLM, TextMLM
+
+if TYPE_CHECKING:
+    from xfm.fusion.model import XFM
+
+__all__ = ["GOLDEN_LOSS_KEYS", "golden_losses"]
+
+#: The loss entries of a pretraining golden ``outputs.safetensors`` (one list, owned by
+#: ``xfm check-official``).
+GOLDEN_LOSS_KEYS: tuple[str, ...] = LOSS_OUTPUTS
+
+
+def golden_losses(model: XFM, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official pretraining losses for golden ``inputs`` (see ``GOLDEN_LOSS_KEYS``).
+
+    Runs the image-text step (ITC, ITM, fusion MLM, MIM), the text step (text MLM) and the
+    region step (region ITC/ITM/fusion MLM with ``region_image_atts``, bbox L1/GIoU with and
+    without ``is_image``; the official region step has no MIM, so ``region_loss_mim`` is 0).
+    Call it on a model in ``eval()`` mode for exact values; it builds graphs, so wrap it in
+    ``torch.no_grad()`` when only the values are needed.
+    """
+    model.clamp_temp()
+    negatives = (inputs["neg_image_idx"].long(), inputs["neg_text_idx"].long())
+    caption = {
+        "text_ids": inputs["text_ids"],
+        "text_mask": inputs["text_atts"],
+        "masked_ids": inputs["masked_text_ids"],
+        "masked_pos": inputs["masked_pos"],
+        "masked_labels": inputs["masked_ids"],
+        "negatives": negatives,
+    }
+    out: dict[str, torch.Tensor] = {}
+
+    pair = BatchContext(
+        model, "image_text", image=inputs["image"], image_mask=inputs["image_mask"], **caption
+    )
+    out["loss_itc"] = ITC(gather=False, id_aware=False)(model, pair)["itc"]
+    out["loss_itm"] = ITM(id_aware=False)(model, pair)["itm"]
+    out["loss_mlm"] = FusionMLM()(model, pair)["fusion_mlm"]
+    out["loss_mim"] = MIM()(model, pair)["mim"]
+
+    text = BatchContext(
+        model,
+        "text",
+        masked_ids=inputs["masked_text_ids"],
+        text_mask=inputs["text_atts"],
+        masked_pos=inputs["masked_pos"],
+        masked_labels=inputs["masked_ids"],
+    )
+    out["loss_text_mlm"] = TextMLM()(model, text)["text_mlm"]
+
+    region = BatchContext(
+        model,
+        "region",
+        image=inputs["image"],
+        group=inputs["idx_to_group_img"],
+        region_mask=inputs["region_image_atts"],
+        box=inputs["target_bbox"],
+        is_image=inputs["is_image"],
+        **caption,
+    )
+    out["region_loss_itc"] = ITC(gather=False, id_aware=False)(model, region)["itc"]
+    out["region_loss_itm"] = ITM(id_aware=False)(model, region)["itm"]
+    out["region_loss_mlm"] = FusionMLM()(model, region)["fusion_mlm"]
+    out["region_loss_mim"] = torch.zeros((), device=inputs["image"].device)
+    boxes = BBox()(model, region)
+    out["loss_bbox"], out["loss_giou"] = boxes["bbox"], boxes["giou"]
+    fused = model.fuse(region.text(), region.text_mask, image_kv=region.full_kv())
+    l1, giou = bbox_losses(model.predict_bbox(fused), inputs["target_bbox"], None)
+    out["loss_bbox_no_is_image"], out["loss_giou_no_is_image"] = l1, giou
+    return out
