@@ -46,7 +46,9 @@ class XFMConfig:
     stop_gradient: bool = True
     #: MIM target = the model's own unmasked vision output, detached (SPEC section 4.2). When
     #: off, the target comes from a frozen copy of the vision encoder as it was at construction
-    #: (or at :meth:`XFM.reset_mim_teacher`): a teacher that vision-language training never updates.
+    #: or at the last :meth:`XFM.reset_mim_teacher` (call it after loading weights;
+    #: :func:`~xfm.fusion.official.from_official` does): a teacher that vision-language training
+    #: never updates.
     vision_guidance: bool = True
 
 

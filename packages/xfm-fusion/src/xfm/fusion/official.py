@@ -468,6 +468,8 @@ def from_official(
     model = XFM(config, **config_overrides)
     _check_config_matches(model, state, label)
     load_official_state(model, state, strict=strict, source=label)
+    if not model.config.vision_guidance:
+        model.reset_mim_teacher()  # the frozen MIM teacher = the imported vision encoder
     return model
 
 
