@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-#: ``<repo>/../shared/golden`` (the official X-FM reference vectors); XFM_GOLDEN_DIR overrides.
+#: The official X-FM golden vectors (a copy of ``../shared/golden`` kept in the repository by
+#: xfm-fusion's tests, so they run in any checkout); ``XFM_GOLDEN_DIR`` points elsewhere.
 GOLDEN_DIR = Path(
     os.environ.get(
-        "XFM_GOLDEN_DIR", Path(__file__).resolve().parents[3].parent / "shared" / "golden"
+        "XFM_GOLDEN_DIR",
+        Path(__file__).resolve().parents[2] / "xfm-fusion" / "tests" / "data" / "golden",
     )
 )
 
@@ -68,9 +70,9 @@ def padded_batch(arch: str, lengths=(9, 6, 2), vocab: int = 99, seed: int = 0):
 
 @pytest.fixture
 def golden_dir() -> Path:
-    """The official X-FM golden vectors (skips when absent)."""
+    """The official X-FM golden vectors (a failure when absent: never skipped)."""
     if not (GOLDEN_DIR / "model.safetensors").is_file():
-        pytest.skip(f"golden vectors not found at {GOLDEN_DIR} (set XFM_GOLDEN_DIR)")
+        pytest.fail(f"golden vectors not found at {GOLDEN_DIR} (set XFM_GOLDEN_DIR)")
     return GOLDEN_DIR
 
 

@@ -16,10 +16,12 @@ from torch import nn
 
 from xfm.core.attention import runnable_backends
 
-#: ``<repo>/../shared/golden`` (the official X-FM reference vectors); XFM_GOLDEN_DIR overrides.
+#: The official X-FM golden vectors (a copy of ``../shared/golden`` kept in the repository by
+#: xfm-fusion's tests, so they run in any checkout); ``XFM_GOLDEN_DIR`` points elsewhere.
 GOLDEN_DIR = Path(
     os.environ.get(
-        "XFM_GOLDEN_DIR", Path(__file__).resolve().parents[3].parent / "shared" / "golden"
+        "XFM_GOLDEN_DIR",
+        Path(__file__).resolve().parents[2] / "xfm-fusion" / "tests" / "data" / "golden",
     )
 )
 BACKENDS = runnable_backends("cpu")
@@ -57,7 +59,7 @@ def randomize() -> Callable[..., nn.Module]:
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     if not (GOLDEN_DIR / "model.safetensors").is_file():
-        pytest.skip(f"golden vectors not found at {GOLDEN_DIR} (set XFM_GOLDEN_DIR)")
+        pytest.fail(f"golden vectors not found at {GOLDEN_DIR} (set XFM_GOLDEN_DIR)")
     return GOLDEN_DIR
 
 
