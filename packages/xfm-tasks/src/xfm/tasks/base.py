@@ -18,6 +18,7 @@ Task models are :class:`~xfm.fusion.XFM` subclasses that drop the heads the task
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -106,6 +107,26 @@ class TaskData:
 
     dataset: torch.utils.data.Dataset
     collate: Callable[[list[Any]], Any]
+
+    def loader(self, batch_size: int, *, shard: bool = False) -> torch.utils.data.DataLoader:
+        """An evaluation loader in dataset order; ``shard``: each rank reads its own part
+        under torchrun (``DistributedSampler`` without shuffling)."""
+        sampler = None
+        if shard:
+            from xfm.train.distributed import get_world_size
+
+            if get_world_size() > 1:
+                sampler = torch.utils.data.DistributedSampler(self.dataset, shuffle=False)
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_size=batch_size, collate_fn=self.collate, sampler=sampler
+        )
+
+
+def eval_autocast(
+    autocast: Callable[[], Any] | None, device: torch.device
+) -> contextlib.AbstractContextManager[Any]:
+    """The caller's autocast context, or autocast explicitly off (fp32 evaluation)."""
+    return autocast() if autocast else torch.autocast(device.type, enabled=False)
 
 
 @dataclass

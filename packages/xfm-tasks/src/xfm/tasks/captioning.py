@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xfm.core.registry import create
-from xfm.tasks.base import Task, TaskData, TaskDataSection
+from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
 from xfm.tasks.base_data import ImageReader, read_annotations, require, tokenize
 from xfm.tasks.captioning_metrics import caption_scores
 from xfm.tasks.decoder import AnswerDecoder, DecoderConfig, beam_search, greedy_decode
@@ -178,13 +178,11 @@ class CaptioningTask(Task):
         if self.tokenizer is None:
             raise RuntimeError("captioning evaluation needs the tokenizer: call eval_data first")
         device = device or next(model.parameters()).device
-        loader = torch.utils.data.DataLoader(
-            data.dataset, batch_size=batch_size, collate_fn=data.collate
-        )
+        loader = data.loader(batch_size)
         preds: dict[int, str] = {}
         refs: dict[int, list[str]] = {}
         for batch in loader:
-            with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            with eval_autocast(autocast, device):
                 ids = model.generate(
                     batch["image"].to(device), self.options["beam_size"], self.options["max_length"]
                 )

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xfm.tasks.base import Task, TaskData, TaskDataSection
+from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
 from xfm.tasks.classification import TextClassifier, load_official_glue
 from xfm.tasks.glue_metrics import GLUE_METRICS, glue_metrics
 
@@ -269,12 +269,10 @@ class GLUETask(Task):
         progress: bool = False,
     ) -> dict[str, float]:
         device = device or next(model.parameters()).device
-        loader = torch.utils.data.DataLoader(
-            data.dataset, batch_size=batch_size, collate_fn=data.collate
-        )
+        loader = data.loader(batch_size)
         preds, labels = [], []
         for batch in loader:
-            with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            with eval_autocast(autocast, device):
                 logits = model(batch["ids"].to(device), batch["mask"].to(device)).float()
             preds.append(logits.view(-1) if self.num_labels == 1 else logits.argmax(-1))
             labels.append(batch["label"])

@@ -20,10 +20,10 @@ from torch import nn
 from tqdm import tqdm
 
 from xfm.fusion.model import XFMConfig
-from xfm.tasks.base import Task, TaskData, TaskDataSection, TaskModel
+from xfm.tasks.base import Task, TaskData, TaskDataSection, TaskModel, eval_autocast
 from xfm.tasks.base_data import ImageReader, read_annotations, require, tokenize
 from xfm.tasks.metrics import grounding_accuracy, official_iou_xywh, pred_to_pixels
-from xfm.train.distributed import all_gather_no_grad, get_world_size
+from xfm.train.distributed import all_gather_no_grad
 from xfm.train.objectives import bbox_losses
 
 __all__ = ["GroundingModel", "GroundingSet", "GroundingTask", "normalised_target"]
@@ -133,15 +133,10 @@ class GroundingTask(Task):
         progress: bool = False,
     ) -> dict[str, float]:
         device = device or next(model.parameters()).device
-        sampler = None
-        if get_world_size() > 1:
-            sampler = torch.utils.data.DistributedSampler(data.dataset, shuffle=False)
-        loader = torch.utils.data.DataLoader(
-            data.dataset, batch_size=batch_size, collate_fn=data.collate, sampler=sampler
-        )
+        loader = data.loader(batch_size, shard=True)
         preds, gts, sizes = [], [], []
         for batch in tqdm(loader, desc="grounding eval", disable=not progress):
-            with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            with eval_autocast(autocast, device):
                 pred = model(
                     batch["image"].to(device),
                     batch["text_ids"].to(device),

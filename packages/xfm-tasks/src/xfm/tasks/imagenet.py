@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xfm.tasks.base import Task, TaskData, TaskDataSection
+from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
 from xfm.tasks.base_data import ImageReader
 from xfm.tasks.classification import ImageClassifier, load_official_imagenet
 from xfm.train.config import OptimSection
@@ -294,12 +294,10 @@ class ImageNetTask(Task):
         progress: bool = False,
     ) -> dict[str, float]:
         device = device or next(model.parameters()).device
-        loader = torch.utils.data.DataLoader(
-            data.dataset, batch_size=batch_size, collate_fn=data.collate
-        )
+        loader = data.loader(batch_size)
         logits, labels = [], []
         for batch in loader:
-            with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            with eval_autocast(autocast, device):
                 logits.append(model(batch["image"].to(device)).float().cpu())
             labels.append(batch["label"])
         out = topk_accuracy(torch.cat(logits), torch.cat(labels))

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from xfm.core.layers import MLPHead
 from xfm.fusion.model import XFMConfig
-from xfm.tasks.base import Task, TaskData, TaskDataSection, TaskModel
+from xfm.tasks.base import Task, TaskData, TaskDataSection, TaskModel, eval_autocast
 from xfm.tasks.base_data import ImageReader, read_annotations, require, tokenize
 from xfm.tasks.metrics import accuracy
 from xfm.train.distributed import all_gather_no_grad
@@ -168,17 +168,10 @@ class NLVRTask(Task):
         progress: bool = False,
     ) -> dict[str, float]:
         device = device or next(model.parameters()).device
-        sampler = None
-        from xfm.train.distributed import get_world_size
-
-        if get_world_size() > 1:
-            sampler = torch.utils.data.DistributedSampler(data.dataset, shuffle=False)
-        loader = torch.utils.data.DataLoader(
-            data.dataset, batch_size=batch_size, collate_fn=data.collate, sampler=sampler
-        )
+        loader = data.loader(batch_size, shard=True)
         preds, labels = [], []
         for batch in tqdm(loader, desc="NLVR2 eval", disable=not progress):
-            with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            with eval_autocast(autocast, device):
                 logits = model(
                     batch["image0"].to(device),
                     batch["image1"].to(device),

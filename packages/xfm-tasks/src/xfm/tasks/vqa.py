@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from xfm.tasks.base import Task, TaskData, TaskDataSection
+from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
 from xfm.tasks.base_data import ImageReader, read_annotations, require, tokenize
 from xfm.tasks.vqa_metrics import normalize_answer, soft_targets, vqa_accuracy, write_results
 from xfm.tasks.vqa_model import VQAConfig, VQAModel, config_from_golden, load_official_vqa
@@ -195,12 +195,10 @@ class VQATask(Task):
         device = device or next(model.parameters()).device
         a_ids, a_mask = (t.to(device) for t in data.answer_tokens)  # type: ignore[attr-defined]
         answer_list: list[str] = data.answer_list  # type: ignore[attr-defined]
-        loader = torch.utils.data.DataLoader(
-            data.dataset, batch_size=batch_size, collate_fn=data.collate
-        )
+        loader = data.loader(batch_size)
         out = []
         for batch in loader:
-            with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            with eval_autocast(autocast, device):
                 states = model.question_states(
                     batch["image"].to(device),
                     batch["question_ids"].to(device),
