@@ -34,10 +34,30 @@ from xfm.vision.rel_pos import (
     resize_rel_pos_table,
 )
 from xfm.vision.tower import VisionBlock, VisionTransformer
-from xfm.vision.transforms import NORMALIZATIONS, eval_transform, normalization, pretrain_transform
 from xfm.vision.vit import ViT, ViTConfig
 
 __version__ = "0.1.0"
+
+# The image transforms need torchvision (~100 MB resident, a second of start-up): imported on
+# first use, so that building or running an encoder does not pay for it.
+_LAZY = {
+    "NORMALIZATIONS": "xfm.vision.transforms",
+    "eval_transform": "xfm.vision.transforms",
+    "normalization": "xfm.vision.transforms",
+    "pretrain_transform": "xfm.vision.transforms",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'xfm.vision' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "NORMALIZATIONS",

@@ -27,7 +27,6 @@ import re
 from collections.abc import Mapping
 
 import torch
-from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from xfm.core.checkpoint import (
@@ -41,6 +40,7 @@ from xfm.core.checkpoint import (
     load_into,
     load_state_dict,
 )
+from xfm.vision.patch_embed import resample_abs_pos_embed
 from xfm.vision.rel_pos import NUM_EXTRA_REL_POS, num_relative_distances, resize_rel_pos_table
 from xfm.vision.tower import VisionTransformer
 

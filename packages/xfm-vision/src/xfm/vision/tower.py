@@ -13,13 +13,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-from timm.layers import PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from torch import nn
+from torch.nn.init import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from xfm.core.layers import PreLNBlock
 from xfm.vision.attention import VisionAttention
 from xfm.vision.config import VisionTowerConfig, _pair
+from xfm.vision.patch_embed import PatchEmbed, resample_abs_pos_embed
 from xfm.vision.rel_pos import RelativePositionBias
 
 __all__ = ["VisionBlock", "VisionTransformer"]
@@ -107,7 +108,6 @@ class VisionTransformer(nn.Module):
             patch_size=c.patch_size,
             in_chans=c.in_chans,
             embed_dim=c.width,
-            strict_img_size=False,
         )
         grid = c.grid
         num_patches = grid[0] * grid[1]
@@ -205,7 +205,7 @@ class VisionTransformer(nn.Module):
         new = self.config.replace(image_size=hw)  # validates divisibility
         old_grid, grid = self.grid, new.grid
         self.config = new
-        self.patch_embed.set_input_size(img_size=hw)
+        self.patch_embed.set_input_size(hw)
         if grid == old_grid:
             return
         if self.rel_pos is not None:
