@@ -366,3 +366,74 @@ def test_karpathy_converter() -> None:
     assert splits["test"][0]["image"] == "val2014/COCO_val2014_000000391895.jpg"
     assert splits["test"][0]["caption"] == ["A man riding a bike.", "A person on a bicycle."]
     assert splits["val"] == []
+
+
+# ------------------------------------------------- decoder initialised from the fusion encoder
+@pytest.mark.parametrize(
+    ("task", "layout", "decoder_init"),
+    [
+        ("vqa", "xfm", "fusion"),
+        ("vqa", "official", "fusion"),
+        ("captioning", "official", "fusion"),
+        ("vqa", "xfm", "none"),
+    ],
+)
+def test_finetune_initialises_the_decoder_from_the_fusion_encoder(
+    synth: Path, tmp_path: Path, task: str, layout: str, decoder_init: str
+) -> None:
+    """``xfm finetune`` setup from a pretraining checkpoint: every decoder layer equals the
+    checkpoint's fusion layer of the same index (official recipe), embeddings and LM head as
+    documented; ``decoder_init: none`` leaves the decoder fresh."""
+    from xfm.core.checkpoint import save_state_dict
+    from xfm.core.config import load_config
+    from xfm.fusion.model import XFM
+    from xfm.fusion.official import to_official
+    from xfm.tasks.base import FinetuneConfig, xfm_config
+    from xfm.tasks.finetune import Finetuner, load_tokenizer_for, model_spec
+
+    cfg = _base(synth)
+    if task == "vqa":
+        cfg["model"] = {"text": TEXT, "vision": VISION, "fusion": FUSION}
+        cfg["options"] = {"answer_list": str(synth / "tasks/vqa_answers.json"), "k_test": 4}
+        cfg["data"]["train"] = str(synth / "tasks/vqa_train.json")
+    else:
+        cfg["model"] = {"text": TEXT, "vision": VISION}
+        cfg["options"] = {}
+        cfg["data"]["train"] = str(synth / "tasks/retrieval_train.json")
+    cfg["options"].update(decoder_layers=1, decoder_init=decoder_init)
+    path = tmp_path / "ft.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    config = load_config(FinetuneConfig, str(path), [f"task={task}", f"run_dir={tmp_path / 'run'}"])
+    torch.manual_seed(123)
+    pre = XFM(xfm_config({"fusion": FUSION, **model_spec(config, load_tokenizer_for(config))}))
+    ckpt = tmp_path / "pretrained.safetensors"
+    state = to_official(pre) if layout == "official" else pre.state_dict()
+    save_state_dict({k: v.detach().clone() for k, v in state.items()}, str(ckpt))
+    config.init_from = str(ckpt)
+    lines: list[str] = []
+    tuner = Finetuner(config, print_fn=lines.append)
+    tuner.setup()
+    dec = tuner.model.text_decoder
+    fused = pre.fusion_encoder.layers[0].state_dict()
+    got = dec.layers[0].state_dict()
+    assert set(fused) == set(got)
+    same = [k for k in fused if torch.equal(fused[k], got[k])]
+    if decoder_init == "none":
+        assert not any(lines_ for lines_ in lines if "decoder initialised" in lines_)
+        assert [k for k in same if k.endswith("weight") and "norm" not in k] == []
+        return
+    assert same == list(fused), sorted(set(fused) - set(same))
+    emb = pre.text_encoder.embeddings.state_dict()
+    assert all(torch.equal(v, dec.embeddings.state_dict()[k]) for k, v in emb.items())
+    head = pre.fusion_mlm_head.state_dict()
+    for name in ("dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias", "bias"):
+        assert torch.equal(dec.lm_head.state_dict()[name], head[name]), name
+    assert dec.lm_head.decoder.weight is dec.embeddings.word.weight  # still tied
+    vision = pre.vision_encoder.state_dict()
+    assert all(
+        torch.equal(v, tuner.model.vision_encoder.state_dict()[k]) for k, v in vision.items()
+    )
+    summary = next(x for x in lines if x.startswith("decoder initialised from the fusion encoder"))
+    copied = [x.split()[-1] for x in lines if x.startswith("  copied  ")]
+    assert f"{len(copied)} tensors copied" in summary
+    assert {f"text_decoder.layers.0.{k}" for k in fused} <= set(copied)

@@ -8,13 +8,21 @@ first use: it pulls in the streaming library, which is slow to import).
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["ImageReader", "ensure_synthetic", "read_annotations", "tokenize"]
+__all__ = [
+    "ImageReader",
+    "ensure_synthetic",
+    "image_source",
+    "read_annotations",
+    "read_task_items",
+    "tokenize",
+]
 
 
 def read_annotations(path: str | Path, what: str = "annotations") -> list[dict[str, Any]]:
@@ -30,6 +38,21 @@ def read_annotations(path: str | Path, what: str = "annotations") -> list[dict[s
         got = type(items).__name__
         raise ValueError(f"{what} file {str(p)!r} must hold a JSON list of objects; got {got}")
     return items
+
+
+def read_task_items(path: str | Path, kind: str, what: str) -> Any:
+    """The entries of a task annotation file: a JSON list, or a task MDS folder read lazily
+    (:class:`xfm.tasks.task_mds.MDSTable`, rows equal to the JSON entries)."""
+    from xfm.tasks.task_mds import MDSTable, is_mds
+
+    if is_mds(path):
+        return MDSTable(path, kind, what)
+    return read_annotations(path, what)
+
+
+def image_source(item: dict[str, Any]) -> str | bytes:
+    """What :class:`ImageReader` reads for an entry: its stored image bytes, else its path."""
+    return item.get("image_bytes") or item["image"]
 
 
 def require(item: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
@@ -64,11 +87,17 @@ class ImageReader:
         p = Path(rel)
         return p if p.is_absolute() else self.root / p
 
-    def __call__(self, rel: str, seed: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:
-        """``([3, S, S] tensor, (width, height) of the original image)``."""
+    def __call__(self, rel: str | bytes, seed: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:
+        """``([3, S, S] tensor, (width, height) of the original image)``; ``rel`` is a path
+        relative to ``root`` or the encoded image itself (``image_bytes`` of task MDS)."""
         from xfm.train.data.images import read_image_file
 
-        data, size = read_image_file(self.path(rel))
+        if isinstance(rel, bytes):
+            from PIL import Image
+
+            data, size = rel, Image.open(io.BytesIO(rel)).size
+        else:
+            data, size = read_image_file(self.path(rel))
         gen = torch.Generator().manual_seed(seed)
         return self._proc._image_tensor(data, gen, self.augment), size
 

@@ -13,18 +13,25 @@ caption), evaluation ``[{"image", "caption": [references]}]``; the shapes-world 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xfm.core.checkpoint import LoadReport, load_into
 from xfm.core.registry import create
 from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
-from xfm.tasks.base_data import ImageReader, read_annotations, require, tokenize
+from xfm.tasks.base_data import ImageReader, image_source, read_task_items, require, tokenize
 from xfm.tasks.captioning_metrics import caption_scores
-from xfm.tasks.decoder import AnswerDecoder, DecoderConfig, beam_search, greedy_decode
+from xfm.tasks.decoder import (
+    AnswerDecoder,
+    DecoderConfig,
+    beam_search,
+    decoder_state_from_pretrained,
+    greedy_decode,
+)
 
 __all__ = ["CaptionModel", "CaptionSet", "CaptioningTask"]
 
@@ -73,6 +80,15 @@ class CaptionModel(nn.Module):
             label_smoothing=label_smoothing,
         )
 
+    def init_from_pretrained(self, state: Mapping[str, torch.Tensor]) -> LoadReport:
+        """Initialise from an xfm :class:`~xfm.fusion.model.XFM` state dict (pretraining): the
+        vision encoder by name, the decoder from the fusion encoder
+        (:func:`~xfm.tasks.decoder.decoder_state_from_pretrained`; its cross-attention reads
+        the vision states, as the fusion encoder's does)."""
+        mapped = {k: v for k, v in state.items() if k.startswith("vision_encoder.")}
+        mapped.update(decoder_state_from_pretrained(state))
+        return load_into(self, mapped, strict=False, source="xfm pretraining state")
+
     @torch.no_grad()
     def generate(
         self, image: torch.Tensor, beam_size: int = 1, max_length: int = 20
@@ -85,32 +101,49 @@ class CaptionModel(nn.Module):
 
 
 class CaptionSet(torch.utils.data.Dataset):
-    """Training: one ``(image, caption)`` per caption; evaluation: ``(image, references)``."""
+    """Training: one ``(image, caption)`` per caption; evaluation: ``(image, references)``.
 
-    def __init__(self, items: list[dict[str, Any]], reader: ImageReader, train: bool) -> None:
+    ``items`` is a list of entries or a lazily read task MDS table (its images are then read
+    row by row; a training table is scanned once for its caption counts).
+    """
+
+    def __init__(self, items: Sequence[dict[str, Any]], reader: ImageReader, train: bool) -> None:
         self.reader = reader
-        self.items: list[tuple[str, Any]] = []
+        self.source = items
+        self.train = train
+        self.lazy = not isinstance(items, list)
+        #: (entry index, caption index or -1 for all references)
+        self.index: list[tuple[int, int]] = []
         for n, item in enumerate(items):
-            require(item, ("image", "caption"), f"caption annotation #{n}")
-            caps = item["caption"] if isinstance(item["caption"], list) else [item["caption"]]
-            if not caps or not all(isinstance(c, str) for c in caps):
-                raise ValueError(f"caption annotation #{n}: 'caption' must be text or a list")
+            caps = self._captions(item, n)
             if train:
-                self.items += [(item["image"], c) for c in caps]
+                self.index += [(n, k) for k in range(len(caps))]
             else:
-                self.items.append((item["image"], caps))
+                self.index.append((n, -1))
+
+    @staticmethod
+    def _captions(item: dict[str, Any], n: int) -> list[str]:
+        require(item, ("image", "caption"), f"caption annotation #{n}")
+        caps = item["caption"] if isinstance(item["caption"], list) else [item["caption"]]
+        if not caps or not all(isinstance(c, str) for c in caps):
+            raise ValueError(f"caption annotation #{n}: 'caption' must be text or a list")
+        return caps
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Any, int]:
-        image, caption = self.items[i]
-        return self.reader(image, seed=i)[0], caption, i
+        n, k = self.index[i]
+        item = self.source[n]
+        caps = self._captions(item, n)
+        caption = caps[k] if k >= 0 else caps
+        return self.reader(image_source(item), seed=i)[0], caption, i
 
 
 class CaptioningTask(Task):
     """COCO captioning. Options: ``decoder_layers``, ``beam_size``, ``max_length``,
-    ``label_smoothing``."""
+    ``label_smoothing``, ``decoder_init`` (``fusion``: a pretraining ``init_from`` checkpoint
+    initialises the decoder from its fusion encoder, official; ``none``: left fresh)."""
 
     name: ClassVar[str] = "captioning"
     metric: ClassVar[str] = "cider"
@@ -120,6 +153,7 @@ class CaptioningTask(Task):
         "beam_size": 1,
         "max_length": 20,
         "label_smoothing": 0.0,
+        "decoder_init": "fusion",
     }
 
     def __init__(self, **options: Any) -> None:
@@ -131,7 +165,7 @@ class CaptioningTask(Task):
 
     def _data(self, data: TaskDataSection, path: str, what: str, train: bool, tokenizer: Any):
         self.tokenizer = tokenizer
-        items = read_annotations(data.expand(path), what)
+        items = read_task_items(data.expand(path), "caption", what)
         reader = ImageReader(data.expand(data.root), data.image_size, train and data.augment)
         max_tokens = data.max_tokens
 

@@ -31,6 +31,7 @@ from xfm.core.checkpoint import Drop, KeyMapper, LoadReport, load_into, load_sta
 from xfm.core.layers import MLPHead
 from xfm.core.registry import create
 from xfm.tasks.classification_official import (
+    keep_official_extras,
     official_text_rules,
     official_vision_rules,
     text_options,
@@ -66,6 +67,8 @@ class TextClassifier(nn.Module):
             raise ValueError(f"num_labels must be >= 1; got {num_labels}")
         name, opts = _spec(text)
         self.text_encoder = create("text_encoder", name, **opts)
+        #: registry spec of the encoder (the official export rebuilds the layout from it)
+        self.encoder_specs = {"text": dict(text)}
         self.num_labels = int(num_labels)
         self.cls_head = MLPHead(self.text_encoder.width, self.num_labels)
 
@@ -117,6 +120,7 @@ class ImageClassifier(nn.Module):
         super().__init__()
         name, opts = _spec(vision)
         self.vision_encoder = create("vision_encoder", name, **opts)
+        self.encoder_specs = {"vision": dict(vision)}
         dv = self.vision_encoder.width
         if head == "deep":
             self.cls_head: nn.Module = DeepHead(dv, num_classes)
@@ -185,6 +189,7 @@ def load_official_glue(
     state = _state(source)
     model = TextClassifier(text_options(cfg), _num_labels(state))
     report = load_into(model, state, mapper=glue_key_mapper(), strict=True)
+    keep_official_extras(model, state, report, cfg)
     return model.eval(), report
 
 
@@ -195,6 +200,7 @@ def load_official_imagenet(
     state = _state(source)
     model = ImageClassifier(vision_options(cfg), _num_labels(state))
     report = load_into(model, state, mapper=imagenet_key_mapper(model), strict=True)
+    keep_official_extras(model, state, report, cfg)
     return model.eval(), report
 
 

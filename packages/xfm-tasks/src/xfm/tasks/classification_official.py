@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from xfm.core.checkpoint import Drop, Rule
+import torch
+from torch import nn
+
+from xfm.core.checkpoint import Drop, LoadReport, Rule
 from xfm.text.hf import encoder_drop_patterns, encoder_key_rules, mlm_head_key_rules
 from xfm.vision.convert import beit_rules, fit_rules
 from xfm.vision.tower import VisionTransformer
@@ -25,6 +28,7 @@ from xfm.vision.tower import VisionTransformer
 __all__ = [
     "decoder_options",
     "fusion_options",
+    "keep_official_extras",
     "official_decoder_rules",
     "official_fusion_rules",
     "official_text_rules",
@@ -144,3 +148,15 @@ def official_decoder_rules(src: str = "text_decoder.", dst: str = "text_decoder.
         *encoder_key_rules(src + "roberta.", dst),
         *mlm_head_key_rules("roberta", src + "lm_head.", dst + "lm_head."),
     ]
+
+
+def keep_official_extras(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    report: LoadReport,
+    config: Mapping[str, Any] | None = None,
+) -> None:
+    """Keep the official tensors the import dropped (``model.official_extras``) and the golden
+    config (``model.official_config``): the official export writes them back unchanged."""
+    model.official_extras = {k: state[k].detach().clone() for k in report.dropped}
+    model.official_config = dict(config) if config else {}

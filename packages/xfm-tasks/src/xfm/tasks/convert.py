@@ -1,22 +1,38 @@
 """Converters from the official downstream annotation formats (``xfm task-data FORMAT ...``).
 
 Each converter writes the task JSON the task datasets read (the X-VLM / X-FM layouts, one file
-per split) and, for training splits, MDS shards (:mod:`xfm.train.data` writers):
+per split) and/or MDS shards (mosaicml-streaming):
 
-=============  ======================================  =====================================
-format         input                                   output
-=============  ======================================  =====================================
-``karpathy``   ``dataset_coco.json`` /                 ``retrieval_{split}.json``:
-               ``dataset_flickr30k.json`` (Karpathy)   ``{"image", "caption": [..], "image_id"}``;
-                                                       train: ``image_text`` MDS
-``nlvr2``      NLVR2 ``{train,dev,test1}.json``        ``nlvr_{split}.json``:
-               (JSON lines: ``identifier``,            ``{"images": [img0, img1], "sentence",
-               ``sentence``, ``label``, ``directory``)  "label"}``; train: ``nlvr`` MDS
-``refcoco``    REFER ``refs(unc).p`` +                 ``refcoco_{split}.json``:
-               ``instances.json`` (RefCOCO+)           ``{"ref_id", "image", "image_id",
-                                                       "text", "bbox": [x, y, w, h]}``;
-                                                       train: ``region`` MDS
-=============  ======================================  =====================================
+==============  =====================================  ======================================
+format          input                                  output
+==============  =====================================  ======================================
+``karpathy``    ``dataset_coco.json`` /                ``retrieval_{split}.json``:
+                ``dataset_flickr30k.json`` (Karpathy)  ``{"image", "caption": [..], "image_id"}``;
+                                                       with ``--image-root``: ``image_text``
+                                                       MDS of the training split
+``nlvr2``       NLVR2 ``{train,dev,test1}.json``       ``nlvr_{split}.json``:
+                (JSON lines: ``identifier``,           ``{"images": [img0, img1], "sentence",
+                ``sentence``, ``label``, ``directory``) "label"}``; with ``--image-root``:
+                                                       ``nlvr`` MDS of the training split
+``refcoco``     REFER ``refs(unc).p`` +                ``refcoco_{split}.json``:
+                ``instances.json`` (RefCOCO+)          ``{"ref_id", "image", "image_id",
+                                                       "text", "bbox": [x, y, w, h]}``; with
+                                                       ``--image-root``: ``region`` MDS
+``vqa_v2``      ``v2_OpenEnded_mscoco_*_questions``    ``vqa_{split}.json`` (+ ``vqa_answers.
+                (``--split S=FILE``) + annotations     json`` from ``train``) and/or
+                (``--annotations S=FILE``)             ``mds/vqa_{split}`` (``vqa`` task MDS)
+``captions``    Karpathy ``dataset_coco.json``         ``coco_karpathy_{split}.json`` and/or
+                                                       ``mds/coco_karpathy_{split}``
+                                                       (``caption`` task MDS)
+``glue``        GLUE TSV (``--task mnli --split        ``mds/glue_{task}_{split}`` (``glue``
+                train=train.tsv ...``)                 task MDS; the TSV is the JSON-side
+                                                       format)
+==============  =====================================  ======================================
+
+``--format json|mds|both`` selects the outputs of ``vqa_v2`` / ``captions`` (default ``json``;
+``glue``: ``mds``). The task MDS columns are the task JSON fields (:mod:`xfm.tasks.task_mds`);
+with ``--image-root`` the images are stored in the shards too. The task datasets read a split
+from either (a data path that is a folder with ``index.json`` is MDS).
 
 The REFER ``refs`` pickle is read with an unpickler that only builds plain containers,
 numbers and strings (no code runs).
@@ -38,9 +54,12 @@ from xfm.core.cli import Command
 
 __all__ = [
     "TaskDataCommand",
+    "convert_captions",
+    "convert_glue",
     "convert_karpathy",
     "convert_nlvr2",
     "convert_refcoco",
+    "convert_vqa_v2_splits",
     "load_refs_pickle",
     "write_nlvr_mds",
 ]
@@ -272,29 +291,146 @@ def convert_refcoco(
     return written
 
 
-class TaskDataCommand(Command):
-    """``xfm task-data {karpathy,nlvr2,refcoco} ... --out DIR``."""
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    """``["train=a.json", ...]`` -> ``{"train": "a.json"}`` (a clear error otherwise)."""
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise ValueError(f"{what} must be SPLIT=FILE; got {v!r}")
+        split, path = v.split("=", 1)
+        out[split] = path
+    return out
 
-    help = "convert official retrieval / NLVR2 / RefCOCO annotations to task JSON (+ MDS)"
+
+def convert_vqa_v2_splits(
+    questions: dict[str, str],
+    annotations: dict[str, str],
+    out: str | Path,
+    fmt: str = "json",
+    image_root: str | Path | None = None,
+    answers: int = 3128,
+) -> dict[str, str]:
+    """Official VQA v2 files per split -> ``out/vqa_{split}.json`` and/or ``out/mds/vqa_{split}``
+    (+ ``out/vqa_answers.json``, the ``answers`` most frequent training answers)."""
+    from xfm.tasks.task_mds import write_task_mds
+    from xfm.tasks.vqa_data import build_answer_list, convert_vqa_v2, write_json
+
+    unknown = sorted(set(annotations) - set(questions))
+    if unknown:
+        raise ValueError(f"--annotations for split(s) {unknown} without --split questions")
+    out = Path(out)
+    written: dict[str, str] = {}
+    for split, qfile in questions.items():
+        items = convert_vqa_v2(qfile, annotations.get(split))
+        if fmt in ("json", "both"):
+            written[split] = str(write_json(items, out / f"vqa_{split}.json"))
+        if fmt in ("mds", "both"):
+            dest = out / "mds" / f"vqa_{split}"
+            n = write_task_mds("vqa", items, dest, source=str(qfile), image_root=image_root)
+            written[f"mds/{split}"] = f"{dest} ({n} questions)"
+        if split == "train" and split in annotations:
+            path = out / "vqa_answers.json"
+            build_answer_list(items, answers, path)
+            written["answers"] = str(path)
+    return written
+
+
+def convert_captions(
+    ann: str | Path,
+    out: str | Path,
+    fmt: str = "json",
+    image_root: str | Path | None = None,
+    splits: Iterable[str] = ("train", "val", "test"),
+) -> dict[str, str]:
+    """Karpathy ``dataset_coco.json`` -> captioning ``out/coco_karpathy_{split}.json`` and/or
+    ``out/mds/coco_karpathy_{split}`` (:func:`xfm.tasks.vqa_data.convert_karpathy`)."""
+    from xfm.tasks.task_mds import write_task_mds
+    from xfm.tasks.vqa_data import convert_karpathy as karpathy_captions
+    from xfm.tasks.vqa_data import write_json
+
+    by_split = karpathy_captions(ann)
+    out = Path(out)
+    written: dict[str, str] = {}
+    for split in splits:
+        if split not in by_split:
+            raise ValueError(f"unknown captioning split {split!r}; expected {sorted(by_split)}")
+        items = by_split[split]
+        if fmt in ("json", "both"):
+            written[split] = str(write_json(items, out / f"coco_karpathy_{split}.json"))
+        if fmt in ("mds", "both"):
+            dest = out / "mds" / f"coco_karpathy_{split}"
+            n = write_task_mds("caption", items, dest, source=str(ann), image_root=image_root)
+            written[f"mds/{split}"] = f"{dest} ({n} entries)"
+    return written
+
+
+def convert_glue(task: str, files: dict[str, str], out: str | Path) -> dict[str, str]:
+    """GLUE TSV files ``{split: path}`` of ``task`` -> ``out/mds/glue_{task}_{split}``."""
+    from xfm.tasks.glue import read_glue_tsv
+    from xfm.tasks.task_mds import write_task_mds
+
+    written = {}
+    for split, path in files.items():
+        rows = read_glue_tsv(path, task)
+        items = [{"text": t, "pair": p, "label": y} for t, p, y in rows]
+        dest = Path(out) / "mds" / f"glue_{task}_{split}"
+        n = write_task_mds("glue", items, dest, source=str(path))
+        written[f"mds/{split}"] = f"{dest} ({n} rows)"
+    return written
+
+
+FORMATS = ("karpathy", "nlvr2", "refcoco", "vqa_v2", "captions", "glue")
+
+
+class TaskDataCommand(Command):
+    """``xfm task-data {karpathy,nlvr2,refcoco,vqa_v2,captions,glue} ... --out DIR``."""
+
+    help = "convert official downstream annotations to task JSON and/or MDS"
     description = __doc__
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("format", choices=["karpathy", "nlvr2", "refcoco"])
-        parser.add_argument("--ann", help="karpathy: dataset_*.json; refcoco: refs(unc).p")
+        parser.add_argument("format", choices=list(FORMATS))
+        parser.add_argument("--ann", help="karpathy/captions: dataset_*.json; refcoco: refs(unc).p")
         parser.add_argument("--instances", help="refcoco: instances.json")
         parser.add_argument(
             "--split",
             action="append",
             default=[],
-            help="nlvr2: SPLIT=FILE (repeat); karpathy: splits to write",
+            help="nlvr2 / vqa_v2 / glue: SPLIT=FILE (repeat); karpathy/captions: splits to write",
         )
-        parser.add_argument("--image-root", default=None, help="also write MDS for training")
+        parser.add_argument(
+            "--annotations",
+            action="append",
+            default=[],
+            help="vqa_v2: SPLIT=v2_mscoco_*_annotations.json (repeat; splits with answers)",
+        )
+        parser.add_argument("--task", help="glue: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte")
+        parser.add_argument(
+            "--format",
+            dest="out_format",
+            choices=["json", "mds", "both"],
+            default=None,
+            help="vqa_v2 / captions: task JSON, task MDS or both (default json); glue: mds",
+        )
+        parser.add_argument("--answers", type=int, default=3128, help="vqa_v2: answer list size")
+        parser.add_argument(
+            "--image-root",
+            default=None,
+            help="image folder: karpathy/nlvr2/refcoco write training MDS; vqa_v2/captions "
+            "store the images in their MDS",
+        )
         parser.add_argument("--image-prefix", default="coco/train2014", help="refcoco image folder")
         parser.add_argument("--name", default="refcoco", help="refcoco: output name (refcoco+)")
         parser.add_argument("--out", required=True, help="output folder")
 
     def run(self, args: argparse.Namespace) -> int:
+        fmt = args.out_format
         try:
+            if args.format in ("karpathy", "nlvr2", "refcoco") and fmt not in (None, "json"):
+                raise ValueError(
+                    f"{args.format} writes task JSON, and MDS of its training split with "
+                    "--image-root; --format applies to vqa_v2, captions and glue"
+                )
             if args.format == "karpathy":
                 if not args.ann:
                     raise ValueError("karpathy needs --ann")
@@ -308,7 +444,7 @@ class TaskDataCommand(Command):
                         "nlvr2 needs --split train=train.json --split dev=dev.json ..."
                     )
                 written = convert_nlvr2(pairs, args.out, args.image_root)
-            else:
+            elif args.format == "refcoco":
                 if not args.ann or not args.instances:
                     raise ValueError(
                         "refcoco needs --ann refs(unc).p and --instances instances.json"
@@ -321,6 +457,38 @@ class TaskDataCommand(Command):
                     args.image_root,
                     args.name,
                 )
+            elif args.format == "vqa_v2":
+                questions = _pairs(args.split, "--split")
+                if not questions:
+                    raise ValueError(
+                        "vqa_v2 needs --split train=v2_OpenEnded_mscoco_train2014_questions.json "
+                        "[--annotations train=v2_mscoco_train2014_annotations.json] ..."
+                    )
+                written = convert_vqa_v2_splits(
+                    questions,
+                    _pairs(args.annotations, "--annotations"),
+                    args.out,
+                    fmt or "json",
+                    args.image_root,
+                    args.answers,
+                )
+            elif args.format == "captions":
+                if not args.ann:
+                    raise ValueError("captions needs --ann dataset_coco.json")
+                written = convert_captions(
+                    args.ann,
+                    args.out,
+                    fmt or "json",
+                    args.image_root,
+                    args.split or ("train", "val", "test"),
+                )
+            else:
+                if fmt not in (None, "mds"):
+                    raise ValueError("glue data is the TSV itself; it converts to --format mds")
+                files = _pairs(args.split, "--split")
+                if not args.task or not files:
+                    raise ValueError("glue needs --task NAME and --split SPLIT=FILE.tsv ...")
+                written = convert_glue(args.task, files, args.out)
         except (FileNotFoundError, ValueError, pickle.UnpicklingError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

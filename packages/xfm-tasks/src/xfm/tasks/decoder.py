@@ -14,6 +14,7 @@ search generation.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "ContextKV",
     "DecoderConfig",
     "beam_search",
+    "decoder_state_from_pretrained",
     "greedy_decode",
     "sequence_nll",
 ]
@@ -310,3 +312,26 @@ def beam_search(
     for i, s in enumerate(out):
         result[i, : s.numel()] = s
     return result
+
+
+def decoder_state_from_pretrained(
+    state: Mapping[str, torch.Tensor], prefix: str = "text_decoder."
+) -> dict[str, torch.Tensor]:
+    """Decoder weights (``prefix`` + :class:`AnswerDecoder` names) from an xfm pretraining state.
+
+    The official recipe starts the answer / caption decoder from the pretrained fusion encoder:
+    ``fusion_encoder.layers.i.*`` -> ``layers.i.*`` (self-attention, cross-attention, FFN),
+    the embeddings from the language encoder's (the fusion encoder reads the language states,
+    it has no embeddings of its own in xfm) and the LM head's dense / layer norm / bias from the
+    fusion MLM head; the head's decoder weight stays tied to the word embeddings. Decoder layers
+    beyond the fusion depth are not in the result (they stay freshly initialised).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("fusion_encoder.layers."):
+            out[prefix + key[len("fusion_encoder.") :]] = value
+        elif key.startswith("text_encoder.embeddings."):
+            out[prefix + key[len("text_encoder.") :]] = value
+        elif key.startswith("fusion_mlm_head.") and not key.endswith("decoder.weight"):
+            out[prefix + "lm_head." + key[len("fusion_mlm_head.") :]] = value
+    return out

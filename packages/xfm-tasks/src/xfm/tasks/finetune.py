@@ -139,9 +139,14 @@ class Finetuner:
         _seed(cfg.seed)
         model = self.task.build_model(self.spec)
         if cfg.init_from:
-            from xfm.tasks.official import load_task_weights
+            from xfm.tasks.official import init_task_model
 
-            report = load_task_weights(model, cfg.data.expand(cfg.init_from))
+            report = init_task_model(
+                model,
+                cfg.data.expand(cfg.init_from),
+                decoder_init=str(self.task.options.get("decoder_init", "fusion")),
+                log=self.print,
+            )
             self.print(f"initialised from {cfg.init_from}: {report}")
         self.model = model.to(self.device)
         self.train_model: nn.Module = self.model

@@ -3,7 +3,8 @@
 Model: :class:`~xfm.tasks.classification.TextClassifier` (language encoder + ``cls_head`` on
 the ``<s>`` state; MSE regression for STS-B). Data: the GLUE TSV files as distributed
 (``{TASK}/train.tsv``, ``dev.tsv``, ``dev_matched.tsv``...), read by column name
-(:data:`GLUE_FORMATS`); sentence pairs are tokenised as ``<s> A </s></s> B </s>``. Metrics:
+(:data:`GLUE_FORMATS`), or their MDS conversion (``xfm task-data glue``, a folder with
+``index.json``); sentence pairs are tokenised as ``<s> A </s></s> B </s>``. Metrics:
 :func:`~xfm.tasks.glue_metrics.glue_metrics` (scikit-learn / SciPy).
 
 Synthetic shape-text sets in the same TSV layouts (:func:`write_glue_synthetic`): ``sst2``
@@ -29,6 +30,7 @@ from torch import nn
 from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
 from xfm.tasks.classification import TextClassifier, load_official_glue
 from xfm.tasks.glue_metrics import GLUE_METRICS, glue_metrics
+from xfm.tasks.task_mds import is_mds, read_glue_mds
 
 __all__ = ["GLUE_FORMATS", "GLUEFormat", "GLUETask", "read_glue_tsv", "write_glue_synthetic"]
 
@@ -87,7 +89,13 @@ def read_glue_tsv(path: str | os.PathLike[str], task: str) -> list[tuple[str, st
             raise ValueError(f"{p}:{n}: {len(row)} columns, expected > {max(idx.values())}")
         raw = row[idx[fmt.label]]
         if fmt.labels is None:
-            label = float(raw)
+            try:
+                label = float(raw)
+            except ValueError:
+                raise ValueError(
+                    f"{p}:{n}: column {fmt.label!r} must be a number (the {task} score); got "
+                    f"{raw!r}"
+                ) from None
         elif raw in fmt.labels:
             label = float(fmt.labels.index(raw))
         else:
@@ -227,7 +235,11 @@ class GLUETask(Task):
         return data.expand(path)
 
     def _data(self, data: TaskDataSection, path: str, tokenizer: Any) -> TaskData:
-        rows = read_glue_tsv(self._path(data, path), self.options["glue_task"])
+        path = self._path(data, path)
+        if is_mds(path):
+            rows = read_glue_mds(path)
+        else:
+            rows = read_glue_tsv(path, self.options["glue_task"])
         regression = self.num_labels == 1
 
         def collate(batch: list[Any]) -> dict[str, torch.Tensor]:

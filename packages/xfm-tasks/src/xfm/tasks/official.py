@@ -43,6 +43,7 @@ __all__ = [
     "TASK_TEXT_PREFIX",
     "export_official_task_dir",
     "golden_config_of",
+    "init_task_model",
     "is_official_state",
     "load_official_task",
     "load_task_weights",
@@ -177,6 +178,65 @@ def load_task_weights(
     return load_into(model, state, strict=strict, allow_unexpected=_OPTIONAL_HEADS, source=label)
 
 
+def init_task_model(
+    model: nn.Module,
+    source: str | os.PathLike[str] | Mapping[str, torch.Tensor],
+    *,
+    decoder_init: str = "fusion",
+    log: Any = None,
+) -> LoadReport:
+    """Initialise a task model for fine-tuning (``init_from``), non-strictly.
+
+    Models with a decoder (:class:`~xfm.tasks.vqa_model.VQAModel`, the captioning model) given
+    a *pretraining* checkpoint (xfm or official names: no ``text_decoder.*`` keys) and
+    ``decoder_init="fusion"`` (the official recipe) go through their ``init_from_pretrained``:
+    the decoder starts from the pretrained fusion encoder. ``log`` (a callable taking a line)
+    then gets which decoder tensors were copied and which stay new. Anything else:
+    :func:`load_task_weights`.
+    """
+    if decoder_init not in ("fusion", "none"):
+        raise ValueError(f"options.decoder_init must be 'fusion' or 'none'; got {decoder_init!r}")
+    if isinstance(source, Mapping):
+        state, label = dict(source), "<state dict>"
+    else:
+        label, _ = resolve_checkpoint(source)
+        state = load_state_dict(label)
+    has_decoder = any(k.startswith("text_decoder.") for k in state)
+    init = getattr(model, "init_from_pretrained", None)
+    if has_decoder and is_official_state(state) and hasattr(model, "text_decoder"):
+        from xfm.tasks.vqa_model import VQAModel, official_key_mapper
+
+        if isinstance(model, VQAModel):  # an official VQA task checkpoint
+            return load_into(
+                model, state, mapper=official_key_mapper(model), strict=False, source=label
+            )
+    if init is None or has_decoder or decoder_init == "none":
+        return load_task_weights(model, state)
+    if is_official_state(state):
+        from xfm.fusion.official import from_official, infer_official_config
+
+        heads = model.text_decoder.config.heads  # the head counts are not in the shapes
+        config = infer_official_config(state, text_heads=heads, fusion_heads=heads)
+        state = from_official(state, config, strict=False).state_dict()
+    report = init(state)
+    if log is not None:
+        copied = sorted(k for k in report.loaded if k.startswith("text_decoder."))
+        skipped = {m.key for m in report.shape_mismatches}
+        fresh = sorted(
+            k for k in model.state_dict() if k.startswith("text_decoder.") and k not in set(copied)
+        )
+        log(
+            f"decoder initialised from the fusion encoder of {label}: {len(copied)} tensors "
+            f"copied, {len(fresh)} left new"
+        )
+        for k in copied:
+            log(f"  copied  {k}")
+        for k in fresh:
+            why = " (shape differs)" if k in skipped else ""
+            log(f"  new     {k}{why}")
+    return report
+
+
 def load_official_task(task: Any, directory: str | os.PathLike[str]) -> nn.Module:
     """The task model of a golden-format directory (``config.json`` + official weights),
     loaded strictly, in ``eval()`` mode."""
@@ -246,7 +306,14 @@ def export_official_task_dir(model: nn.Module, task: str, out: str | os.PathLike
     names, :func:`to_official_task`) and a golden-format ``config.json``; ``xfm eval TASK
     --checkpoint DIR`` and :func:`load_official_task` read it back."""
     from xfm.core.checkpoint import atomic_write, save_state_dict
+    from xfm.tasks.official_export import export_official_classification_dir, official_layout_of
 
+    try:
+        official_layout_of(model)
+    except TypeError:
+        pass
+    else:  # VQA / GLUE / ImageNet models (issue 10): their own layouts
+        return export_official_classification_dir(model, out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_state_dict(to_official_task(model), str(out / "model.safetensors"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
-from xfm.tasks.base_data import ImageReader, read_annotations, require, tokenize
+from xfm.tasks.base_data import ImageReader, image_source, read_task_items, require, tokenize
 from xfm.tasks.vqa_metrics import normalize_answer, soft_targets, vqa_accuracy, write_results
 from xfm.tasks.vqa_model import VQAConfig, VQAModel, config_from_golden, load_official_vqa
 
@@ -50,27 +50,39 @@ def question_type(question: str, words: int = 3) -> str:
 
 
 class VQASet(torch.utils.data.Dataset):
-    """Items ``(image [3,S,S], question, human answers, question_id)``."""
+    """Items ``(image [3,S,S], question, human answers, question_id)``.
 
-    def __init__(self, items: list[dict[str, Any]], reader: ImageReader, need_answers: bool):
+    ``items`` is a list of entries (checked here) or a lazily read task MDS table (checked
+    row by row as it is read).
+    """
+
+    def __init__(self, items: Sequence[dict[str, Any]], reader: ImageReader, need_answers: bool):
         self.reader = reader
-        self.items = []
-        for n, item in enumerate(items):
-            where = f"VQA annotation #{n}"
-            keys = ("question_id", "image", "question") + (("answer",) if need_answers else ())
-            require(item, keys, where)
-            answers = item.get("answer", [])
-            if isinstance(answers, str):
-                answers = [answers]
-            if need_answers and not answers:
-                raise ValueError(f"{where}: no answers for a training question")
-            self.items.append((item["image"], item["question"], list(answers), item["question_id"]))
+        self.need_answers = need_answers
+        self.source = items
+        self.rows = (
+            [self._row(item, n) for n, item in enumerate(items)]
+            if isinstance(items, list)
+            else None
+        )
+
+    def _row(self, item: dict[str, Any], n: int) -> tuple[str | bytes, str, list[str], Any]:
+        where = f"VQA annotation #{n}"
+        keys = ("question_id", "image", "question") + (("answer",) if self.need_answers else ())
+        require(item, keys, where)
+        answers = item.get("answer", [])
+        if isinstance(answers, str):
+            answers = [answers]
+        if self.need_answers and not answers:
+            raise ValueError(f"{where}: no answers for a training question")
+        return image_source(item), item["question"], list(answers), item["question_id"]
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.source)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str, list[str], Any]:
-        image, question, answers, qid = self.items[i]
+        row = self.rows[i] if self.rows is not None else self._row(self.source[i], i)
+        image, question, answers, qid = row
         return self.reader(image, seed=i)[0], question, answers, qid
 
 
@@ -86,7 +98,9 @@ class VQATask(Task):
 
     Options: ``answer_list`` (JSON list; ``{synth}`` expands), ``k_test`` (first-token top-k,
     official 128), ``decoder_layers``, ``answer_weights`` (``frequency`` | ``vqa_score``),
-    ``max_answer_tokens``, ``result_file`` (submission JSON written by :meth:`evaluate`).
+    ``max_answer_tokens``, ``result_file`` (submission JSON written by :meth:`evaluate`),
+    ``decoder_init`` (``fusion``: a pretraining ``init_from`` checkpoint initialises the answer
+    decoder from its fusion encoder, the official recipe; ``none``: the decoder stays fresh).
     """
 
     name: ClassVar[str] = "vqa"
@@ -100,6 +114,7 @@ class VQATask(Task):
         "answer_weights": "frequency",
         "max_answer_tokens": 10,
         "result_file": "",
+        "decoder_init": "fusion",
     }
 
     def build_model(self, model_config: Mapping[str, Any]) -> VQAModel:
@@ -109,11 +124,11 @@ class VQATask(Task):
         """The model of a golden-format directory (``config.json`` + official weights)."""
         d = Path(directory)
         cfg = json.loads((d / "config.json").read_text())
-        return load_official_vqa(d / "model.safetensors", config_from_golden(cfg))[0]
+        return load_official_vqa(d / "model.safetensors", config_from_golden(cfg), cfg)[0]
 
     # ------------------------------------------------------------------------ data
     def _data(self, data: TaskDataSection, path: str, what: str, train: bool, tokenizer: Any):
-        items = read_annotations(data.expand(path), what)
+        items = read_task_items(data.expand(path), "vqa", what)
         reader = ImageReader(data.expand(data.root), data.image_size, train and data.augment)
         max_tokens, max_answer = data.max_tokens, self.options["max_answer_tokens"]
         how = self.options["answer_weights"]

@@ -40,11 +40,23 @@ def _load(path: str | os.PathLike[str], key: str, what: str) -> tuple[dict, list
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{what} file {str(p)!r} does not exist")
-    data = json.loads(p.read_text())
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} file {str(p)!r} is not valid JSON: {err}") from err
     if not isinstance(data, dict) or key not in data:
         got = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{what} file {str(p)!r} must be an object with {key!r}; got {got}")
+    if not isinstance(data[key], list) or not all(isinstance(x, dict) for x in data[key]):
+        raise ValueError(f"{what} file {str(p)!r}: field {key!r} must be a list of objects")
     return data, data[key]
+
+
+def _bad(path: Any, where: str, field: str, expected: str, value: Any) -> ValueError:
+    return ValueError(
+        f"{path}: {where}: field {field!r} must be {expected}; got {type(value).__name__} "
+        f"{value!r:.60}"
+    )
 
 
 def convert_vqa_v2(
@@ -59,28 +71,51 @@ def convert_vqa_v2(
     if annotations is not None:
         _, anns = _load(annotations, "annotations", "VQA annotations")
         for n, a in enumerate(anns):
-            if "question_id" not in a or "answers" not in a:
-                raise ValueError(f"VQA annotation #{n}: needs 'question_id' and 'answers'")
-            answers[int(a["question_id"])] = [str(x["answer"]) for x in a["answers"]]
+            where = f"annotations[{n}]"
+            missing = [k for k in ("question_id", "answers") if k not in a]
+            if missing:
+                raise ValueError(f"{annotations}: {where}: missing field(s) {missing}")
+            if not isinstance(a["answers"], list) or not all(
+                isinstance(x, dict) and isinstance(x.get("answer"), str) for x in a["answers"]
+            ):
+                raise _bad(annotations, where, "answers", "a list of {'answer': str}", a["answers"])
+            answers[_int(a["question_id"], annotations, where, "question_id")] = [
+                x["answer"] for x in a["answers"]
+            ]
     items = []
     for n, q in enumerate(qs):
+        where = f"questions[{n}]"
         missing = [k for k in ("question_id", "image_id", "question") if k not in q]
         if missing:
-            raise ValueError(f"VQA question #{n}: missing {missing}")
-        qid = int(q["question_id"])
+            raise ValueError(f"{questions}: {where}: missing field(s) {missing}")
+        qid = _int(q["question_id"], questions, where, "question_id")
+        image_id = _int(q["image_id"], questions, where, "image_id")
+        if not isinstance(q["question"], str) or not q["question"].strip():
+            raise _bad(questions, where, "question", "a non-empty string", q["question"])
         item: dict[str, Any] = {
             "question_id": qid,
-            "image": f"{subtype}/COCO_{subtype}_{int(q['image_id']):012d}.jpg",
+            "image": f"{subtype}/COCO_{subtype}_{image_id:012d}.jpg",
             "question": q["question"],
         }
         if annotations is not None:
             if qid not in answers:
-                raise ValueError(f"VQA question {qid} has no entry in the annotations file")
+                raise ValueError(
+                    f"{questions}: {where}: question_id {qid} has no entry in {annotations}"
+                )
             item["answer"] = answers[qid]
         items.append(item)
     if out is not None:
         write_json(items, out)
     return items
+
+
+def _int(value: Any, path: Any, where: str, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _bad(path, where, field, "an integer", value)
+    try:
+        return int(value)
+    except ValueError:
+        raise _bad(path, where, field, "an integer", value) from None
 
 
 def build_answer_list(
@@ -108,15 +143,26 @@ def convert_karpathy(
     _, images = _load(dataset, "images", "Karpathy dataset")
     splits: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
     for n, im in enumerate(images):
+        where = f"images[{n}]"
         missing = [k for k in ("filepath", "filename", "split", "sentences") if k not in im]
         if missing:
-            raise ValueError(f"Karpathy image #{n}: missing {missing}")
+            raise ValueError(f"{dataset}: {where}: missing field(s) {missing}")
         path = f"{im['filepath']}/{im['filename']}"
         image_id = im.get("cocoid", im.get("imgid", n))
-        caps = [s["raw"].strip() for s in im["sentences"]]
+        if not isinstance(im["sentences"], list) or not im["sentences"]:
+            raise _bad(dataset, where, "sentences", "a non-empty list", im["sentences"])
+        caps = []
+        for k, sent in enumerate(im["sentences"]):
+            raw = sent.get("raw") if isinstance(sent, dict) else None
+            if not isinstance(raw, str):
+                raise _bad(dataset, f"{where}.sentences[{k}]", "raw", "a string", raw)
+            caps.append(raw.strip())
         split = "train" if im["split"] in ("train", "restval") else im["split"]
         if split not in splits:
-            raise ValueError(f"Karpathy image #{n}: unknown split {im['split']!r}")
+            raise ValueError(
+                f"{dataset}: {where}: field 'split' must be train, restval, val or test; got "
+                f"{im['split']!r}"
+            )
         if split == "train":
             splits["train"] += [{"image": path, "image_id": image_id, "caption": c} for c in caps]
         else:

@@ -31,6 +31,7 @@ from xfm.core.registry import create
 from xfm.tasks.classification_official import (
     decoder_options,
     fusion_options,
+    keep_official_extras,
     official_decoder_rules,
     official_fusion_rules,
     official_text_rules,
@@ -38,7 +39,12 @@ from xfm.tasks.classification_official import (
     text_options,
     vision_options,
 )
-from xfm.tasks.decoder import AnswerDecoder, DecoderConfig, sequence_nll
+from xfm.tasks.decoder import (
+    AnswerDecoder,
+    DecoderConfig,
+    decoder_state_from_pretrained,
+    sequence_nll,
+)
 
 __all__ = ["RankResult", "VQAConfig", "VQAModel", "load_official_vqa", "official_outputs"]
 
@@ -249,21 +255,16 @@ class VQAModel(nn.Module):
     def init_from_pretrained(self, state: Mapping[str, torch.Tensor]) -> LoadReport:
         """Initialise from an xfm :class:`~xfm.fusion.model.XFM` state dict (pretraining).
 
-        Encoders are copied by name; the decoder's layers start from the fusion encoder's layers,
-        its embeddings from the language encoder's and its LM head from the fusion MLM head
-        (the official recipe initialises ``text_decoder.*`` from the pretrained fusion encoder).
+        Encoders are copied by name; the decoder starts from the pretrained fusion encoder
+        (:func:`~xfm.tasks.decoder.decoder_state_from_pretrained`), as the official recipe
+        initialises ``text_decoder.*`` from ``fusion_encoder.*``.
         """
-        mapped: dict[str, torch.Tensor] = {}
-        for key, value in state.items():
-            if key.split(".")[0] in ("vision_encoder", "text_encoder", "fusion_encoder"):
-                mapped[key] = value
-            if key.startswith("fusion_encoder.layers."):
-                mapped["text_decoder." + key[len("fusion_encoder.") :]] = value
-            elif key.startswith("text_encoder.embeddings."):
-                mapped["text_decoder." + key[len("text_encoder.") :]] = value
-            elif key.startswith("fusion_mlm_head.") and not key.endswith("decoder.weight"):
-                # the decoder weight stays tied to the (language-encoder) word embeddings
-                mapped["text_decoder.lm_head." + key[len("fusion_mlm_head.") :]] = value
+        mapped = {
+            k: v
+            for k, v in state.items()
+            if k.split(".")[0] in ("vision_encoder", "text_encoder", "fusion_encoder")
+        }
+        mapped.update(decoder_state_from_pretrained(state))
         return load_into(self, mapped, strict=False, source="xfm pretraining state")
 
 
@@ -294,12 +295,19 @@ def config_from_golden(cfg: Mapping[str, Any]) -> VQAConfig:
 
 
 def load_official_vqa(
-    source: str | os.PathLike[str] | Mapping[str, torch.Tensor], config: VQAConfig
+    source: str | os.PathLike[str] | Mapping[str, torch.Tensor],
+    config: VQAConfig,
+    golden: Mapping[str, Any] | None = None,
 ) -> tuple[VQAModel, LoadReport]:
-    """Build :class:`VQAModel` and load an official VQA checkpoint into it (strictly)."""
+    """Build :class:`VQAModel` and load an official VQA checkpoint into it (strictly).
+
+    The tensors the import drops stay in ``model.official_extras`` (and ``golden``, the
+    golden-format config, in ``model.official_config``) for the official export.
+    """
     model = VQAModel(config)
     state = load_state_dict(source) if isinstance(source, str | os.PathLike) else source
     report = load_into(model, state, mapper=official_key_mapper(model), strict=True)
+    keep_official_extras(model, state, report, golden)
     return model.eval(), report
 
 
@@ -321,7 +329,7 @@ def official_outputs(
 
     cfg = _read_config(config_json)
     directory = Path(directory)
-    model, _ = load_official_vqa(directory / "model.safetensors", config_from_golden(cfg))
+    model, _ = load_official_vqa(directory / "model.safetensors", config_from_golden(cfg), cfg)
     x = load_file(str(directory / "inputs.safetensors"))
     out: dict[str, torch.Tensor] = {}
     image, q_ids, q_atts = x["image"], x["question_ids"], x["question_atts"]
