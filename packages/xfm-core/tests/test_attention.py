@@ -187,3 +187,83 @@ def test_cuda_backends_match_eager(backend, case):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     for g_out, g_ref in zip(_grads(out, tensors), _grads(ref, tensors)):
         torch.testing.assert_close(g_out, g_ref, atol=1e-5, rtol=1e-5)
+
+
+def _naive_dropout(q, k, v, key_mask, bias, causal, keep, p):
+    """Float64 reference with a given dropout keep-mask on the probabilities."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias.double()
+    hide = torch.zeros(scores.shape, dtype=torch.bool)
+    if key_mask is not None:
+        hide |= ~key_mask[:, None, None, :]
+    if causal:
+        hide |= torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1)
+    probs = torch.softmax(scores.masked_fill(hide, float("-inf")), -1).nan_to_num(0.0)
+    return (probs * keep / (1.0 - p)) @ v
+
+
+@pytest.mark.parametrize("case", ["self_bias", "cross_pad", "causal", "fully_padded"])
+def test_training_dropout_path_matches_float64_reference(case):
+    """CPU training with attention dropout (the lean path): forward and every gradient equal a
+    float64 reference that uses the same keep-mask."""
+    from xfm.core.lean_attention import dropout_keep_mask
+
+    q, k, v, mask, bias = _inputs(tk=11 if case == "cross_pad" else 7)
+    causal = case == "causal"
+    if case == "causal":
+        mask, bias = None, None
+    if case == "cross_pad":
+        bias = None
+    if case == "fully_padded":
+        mask = mask.clone()
+        mask[1] = False
+    p = 0.3
+    torch.manual_seed(7)
+    out = attention(q, k, v, key_mask=mask, bias=bias, causal=causal, dropout_p=p, backend="sdpa")
+    torch.manual_seed(7)
+    keep = dropout_keep_mask(torch.Size((*q.shape[:3], k.shape[2])), p, q.device)
+    assert 0.5 < keep.float().mean() < 0.9
+    ref = _naive_dropout(q, k, v, mask, bias, causal, keep, p)
+    if mask is not None:
+        ref = ref * mask.any(-1).double()[:, None, None, None]
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    tensors = [t for t in (q, k, v, bias) if t is not None]
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad(out, tensors, upstream)
+    ref_grads = torch.autograd.grad(ref, tensors, upstream.double())
+    for g_out, g_ref in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g_out, g_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_path_keeps_less_for_backward_than_sdpa_math():
+    """The bytes autograd keeps for one cross-attention call with dropout (BERT fusion layer
+    shapes): the lean path keeps no copies of the reused keys/values."""
+    from xfm.core.lean_attention import lean_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(4, 6, 30, 64, generator=g, requires_grad=True)
+    k = torch.randn(4, 6, 197, 64, generator=g, requires_grad=True)
+    v = torch.randn(4, 6, 197, 64, generator=g, requires_grad=True)
+
+    def kept(fn) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        inputs = {t.untyped_storage().data_ptr() for t in (q, k, v)}
+        return sum(n for ptr, n in storages.items() if ptr not in inputs)
+
+    lean = kept(lambda: lean_attention(q, k, v, None, 0.125, 0.1))
+    math_kernel = kept(
+        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
+    )
+    probs = 4 * 6 * 30 * 197
+    # lean: probabilities (fp32) + output (fp32) + keep-mask (bool)
+    assert lean == probs * 4 + q.numel() * 4 + probs
+    assert math_kernel > 2 * lean

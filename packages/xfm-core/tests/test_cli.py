@@ -263,7 +263,10 @@ def test_broken_plugin_commands_are_reported_but_do_not_break_help(
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     listed = _help_commands(out)
-    assert set(listed) == {"broken", "greet", "heavy", "info", "shapeless"}
+    ours = {"broken", "greet", "heavy", "info", "shapeless"}
+    assert ours <= set(listed)
+    # other installed xfm packages (a dev environment) add their commands, all working
+    assert not any(listed[name].startswith("[unavailable]") for name in set(listed) - ours)
     assert listed["broken"].startswith("[unavailable] ImportError: needs the uninstalled")
     assert listed["shapeless"].startswith("[unavailable] not an xfm command")
     assert "run() is missing" in listed["shapeless"]

@@ -126,3 +126,41 @@ def test_drop_path_keeps_expectation_and_is_identity_in_eval():
 def test_width_not_divisible_by_heads_is_explained():
     with pytest.raises(ValueError, match="width 10 is not divisible by the number of heads 4"):
         MultiHeadAttention(10, 4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_mlp_training_path_equals_plain_composition_and_keeps_less(bias):
+    """The GELU MLP's one-node training path: same output and gradients as
+    ``fc2(gelu(fc1(x)))`` computed by autograd in float64, and one ``[..., 4D]`` tensor less kept
+    for backward."""
+    from xfm.core.layers.mlp import Mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(8, 32, bias=bias).train()
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    params = [x, *mlp.parameters()]
+
+    def plain():
+        w1, w2 = mlp.fc1.weight.double(), mlp.fc2.weight.double()
+        b1 = mlp.fc1.bias.double() if bias else None
+        b2 = mlp.fc2.bias.double() if bias else None
+        return F.linear(F.gelu(F.linear(x.double(), w1, b1)), w2, b2)
+
+    kept: list[int] = []
+
+    def pack(t):
+        kept.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = mlp(x)
+    ref = plain()
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=1e-6)
+    upstream = torch.randn(out.shape)
+    grads = torch.autograd.grad(out, params, upstream)
+    ref_grads = torch.autograd.grad(ref, params, upstream.double())
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+    assert kept.count(3 * 5 * 32) == 1  # fc1's output only (not also gelu's output)
+    with torch.no_grad():  # eval / no-grad take the plain path: same numbers
+        torch.testing.assert_close(mlp(x), out.detach())

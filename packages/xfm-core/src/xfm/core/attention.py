@@ -7,7 +7,9 @@
     Plain matmul + softmax. The reference the others are tested against.
 ``sdpa``
     ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient / math
-    kernels chosen by PyTorch). Default on CPU.
+    kernels chosen by PyTorch). Default on CPU. Where SDPA would run its math kernel on CPU
+    (training with attention dropout or with a bias that needs a gradient), the same function
+    runs as :func:`xfm.core.lean_attention.lean_attention`, which keeps far less for backward.
 ``xformers``
     ``xformers.ops.memory_efficient_attention``. Its kernels are compiled for specific torch
     and CUDA versions; whether they really run is probed per input signature at run time and,
@@ -36,6 +38,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from xfm.core.lean_attention import lean_attention
 
 Backend = Literal["auto", "eager", "sdpa", "xformers"]
 BACKENDS: tuple[str, ...] = ("auto", "eager", "sdpa", "xformers")
@@ -266,9 +270,25 @@ def attention(
         out = _eager(q, k, v, attn_bias, dropout_p, scale)
     else:
         out = _xformers(q, k, v, attn_bias, dropout_p, scale) if name == "xformers" else None
-        if out is None:
+        if out is None and _sdpa_would_use_math(q, k, v, attn_bias, dropout_p):
+            if sdpa_causal:
+                attn_bias = _combined_bias(q, k, None, None, True)
+            out = lean_attention(q, k, v, attn_bias, scale, dropout_p)
+        elif out is None:
             out = _sdpa(q, k, v, attn_bias, dropout_p, scale, sdpa_causal)
     return _zero_empty_rows(out, key_mask)
+
+
+def _sdpa_would_use_math(q, k, v, attn_bias, dropout_p) -> bool:
+    """CPU training with attention dropout or a bias that needs a gradient: SDPA has no fused
+    kernel for these and would run its memory-hungry math kernel; :func:`lean_attention` is the
+    same function with a lean backward (see :mod:`xfm.core.lean_attention`)."""
+    if q.device.type != "cpu" or not torch.is_grad_enabled():
+        return False
+    bias_grad = attn_bias is not None and attn_bias.requires_grad
+    if not (dropout_p > 0.0 or bias_grad):
+        return False
+    return bias_grad or q.requires_grad or k.requires_grad or v.requires_grad
 
 
 def runnable_backends(device: torch.device | str = "cpu") -> list[str]:

@@ -1,4 +1,11 @@
-"""Two-layer feed-forward network (``fc1 -> act -> dropout -> fc2``)."""
+"""Two-layer feed-forward network (``fc1 -> act -> dropout -> fc2``).
+
+In training with the exact GELU and no dropout between the two layers (BERT, RoBERTa, BEiT),
+``fc2(gelu(h))`` runs as one autograd node that keeps only ``h`` and recomputes ``gelu(h)`` in
+its backward: autograd would otherwise keep both ``h`` (for the GELU) and ``gelu(h)`` (for
+``fc2``'s weight gradient), two ``[..., 4D]`` tensors per layer. Same numbers, one elementwise
+pass more in backward.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +33,30 @@ def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         ) from None
 
 
+class _GeluLinear(torch.autograd.Function):
+    """``linear(gelu(h), weight, bias)`` keeping ``h`` only (``gelu(h)`` recomputed)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias):
+        ctx.save_for_backward(h, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(F.gelu(h), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, weight = ctx.saved_tensors
+        grad_h = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            act = F.gelu(h)
+            grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t().mm(act.reshape(-1, h.shape[-1]))
+            del act
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_h = torch.ops.aten.gelu_backward(grad_out.matmul(weight), h, approximate="none")
+        return grad_h, grad_w, grad_b
+
+
 class Mlp(nn.Module):
     """``[..., D] -> fc1 -> act -> dropout -> fc2 -> [..., D_out]``."""
 
@@ -46,4 +77,13 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(self.act(self.fc1(x))))
+        """``x`` ``[..., D]`` -> ``[..., D_out]``."""
+        h = self.fc1(x)
+        if (
+            self.act_name == "gelu"
+            and torch.is_grad_enabled()
+            and not (self.training and self.drop.p > 0.0)
+            and not torch.is_autocast_enabled(h.device.type)
+        ):
+            return _GeluLinear.apply(h, self.fc2.weight, self.fc2.bias)
+        return self.fc2(self.drop(self.act(h)))
