@@ -11,8 +11,15 @@ Steps:
   multi       one batch of every source: text, image_text, region (ITC/ITM/MLM/bbox), image (MIM)
 
 Each (step, precision) runs in a fresh subprocess so that its peak RSS is its own. The FLOPs of
-one step are counted with ``torch.utils.flop_counter`` (matmuls and attention); the fraction of
-the GEMM peak uses --peak-gflops (default: this CPU on 2 threads, 195 fp32 / 840 bf16).
+one step are counted with ``torch.utils.flop_counter`` (matmuls and attention). Two fractions
+are printed: of the nominal GEMM peak (--peak-gflops; default the issue's figures for this machine
+kind on 2 threads, 195 fp32 / 840 bf16) and of the GEMM rate *measured in the same process just
+before the step* (the step's largest GEMM, 3152x384 @ 384x1536): the second says how close the
+step gets to what this particular machine delivers right now (shared CPUs vary by 2x).
+
+bf16 autocast on a CPU without bf16 instructions (AVX2 only) runs its GEMMs many times *slower*
+than fp32; the worker measures that and reports the row as skipped with both GEMM rates, unless
+--force-bf16.
 
     python tools/bench/train_step.py                       # table, CPU, 2 threads
     python tools/bench/train_step.py --json --steps image_text --precisions fp32
@@ -129,6 +136,25 @@ def _batches(step: str, batch: int, device, generator):
     return {k: v.to(device) for k, v in out.items()}
 
 
+def gemm_rate(dtype, device, seconds: float = 1.0) -> float:
+    """GFLOP/s of the step's largest GEMM shape (``[3152, 384] @ [384, 1536]``) right now."""
+    import torch
+
+    a = torch.randn(3152, 384, device=device).to(dtype)
+    b = torch.randn(384, 1536, device=device).to(dtype)
+    flop = 2 * 3152 * 384 * 1536
+    a @ b  # warm-up (oneDNN/MKL primitive creation)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        a @ b
+        n += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds or n >= 1000:
+            return n * flop / elapsed / 1e9
+
+
 def worker(args: argparse.Namespace) -> dict:
     """Measure one (step, precision) in this process; return the result row."""
     import contextlib
@@ -144,6 +170,32 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    measured: dict[str, float] = {}
+    if not args.flops_only:
+        measured["gemm_fp32_gflops"] = gemm_rate(torch.float32, device)
+        if args.precision != "fp32":
+            low = torch.bfloat16 if args.precision == "bf16" else torch.float16
+            measured[f"gemm_{args.precision}_gflops"] = gemm_rate(low, device)
+            if (
+                device.type == "cpu"
+                and measured[f"gemm_{args.precision}_gflops"] < measured["gemm_fp32_gflops"]
+                and not args.force_bf16
+            ):
+                return {
+                    "config": "small",
+                    "device": device.type,
+                    "threads": args.threads,
+                    "precision": args.precision,
+                    "step": args.step,
+                    "skipped": (
+                        f"{args.precision} GEMMs run at "
+                        f"{measured[f'gemm_{args.precision}_gflops']:.1f} GFLOP/s here vs fp32 "
+                        f"{measured['gemm_fp32_gflops']:.1f} (CPU capability "
+                        f"{torch.backends.cpu.get_cpu_capability()}: no bf16 instructions); "
+                        "--force-bf16 to run it anyway"
+                    ),
+                    **measured,
+                }
     if args.backend:
         set_default_backend(args.backend)
     torch.manual_seed(0)
@@ -218,6 +270,7 @@ def worker(args: argparse.Namespace) -> dict:
         "pairs_per_s": pairs / best,
         "step_s": best,
         "peak_rss_mb": rss,
+        **measured,
     }
     if device.type == "cuda":
         row["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -243,6 +296,9 @@ def main() -> None:
     p.add_argument("--backend", default=None, help="attention backend (default: auto)")
     p.add_argument("--peak-gflops", type=float, default=None)
     p.add_argument("--no-flops", action="store_true")
+    p.add_argument(
+        "--force-bf16", action="store_true", help="run bf16 even where its GEMMs are slower"
+    )
     p.add_argument("--no-staged", action="store_true", help="one backward of the summed loss")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -267,7 +323,8 @@ def main() -> None:
         )
         print(
             f"{'step':<11}{'precision':<10}{'pairs/s':>9}{'vs off.':>9}{'step s':>8}"
-            f"{'peak RSS MB':>13}{'GFLOP':>8}{'GFLOP/s':>9}{'of peak':>9}"
+            f"{'peak RSS MB':>13}{'GFLOP':>8}{'GFLOP/s':>9}{'of peak':>9}{'GEMM now':>10}"
+            f"{'of GEMM':>9}"
         )
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for step in args.steps:
@@ -297,11 +354,21 @@ def main() -> None:
                 cmd.append("--no-staged")
             if args.peak_gflops:
                 cmd += ["--peak-gflops", str(args.peak_gflops)]
+            if args.force_bf16:
+                cmd.append("--force-bf16")
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"# {step} {precision} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
             row = json.loads(proc.stdout.strip().splitlines()[-1])
+            if "skipped" in row:
+                print(
+                    json.dumps(row)
+                    if args.json
+                    else f"{step:<11}{precision:<10}skipped: {row['skipped']}",
+                    flush=True,
+                )
+                continue
             row["gflop_per_step"] = None
             if not args.no_flops:
                 fp = subprocess.run([*cmd, "--flops-only"], env=env, capture_output=True, text=True)
@@ -313,6 +380,8 @@ def main() -> None:
                     row["fraction_of_peak"] = (
                         row["gflops_per_s"] / peak if args.device == "cpu" else None
                     )
+                    gemm = row.get(f"gemm_{precision}_gflops")
+                    row["fraction_of_measured_gemm"] = row["gflops_per_s"] / gemm if gemm else None
             row["load_avg"] = load
             row["load_avg_after"] = os.getloadavg()[0]
             if args.json:
@@ -328,10 +397,14 @@ def main() -> None:
             gflop = "" if gf is None else f"{gf:.0f}"
             rate = "" if gf is None else f"{row['gflops_per_s']:.1f}"
             of_peak = "" if frac is None else f"{frac:.0%}"
+            gemm = row.get(f"gemm_{precision}_gflops")
+            of_gemm = row.get("fraction_of_measured_gemm")
             print(
                 f"{step:<11}{precision:<10}{row['pairs_per_s']:>9.2f}{vs:>9}"
                 f"{row['step_s']:>8.2f}{row['peak_rss_mb']:>13.0f}"
-                f"{gflop:>8}{rate:>9}{of_peak:>9}",
+                f"{gflop:>8}{rate:>9}{of_peak:>9}"
+                f"{'' if gemm is None else f'{gemm:.1f}':>10}"
+                f"{'' if of_gemm is None else f'{of_gemm:.0%}':>9}",
                 flush=True,
             )
 

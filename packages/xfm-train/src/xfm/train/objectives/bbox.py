@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
-from torchvision.ops import box_convert, generalized_box_iou_loss
 
 from xfm.train.objectives.base import Objective
 
@@ -31,6 +30,10 @@ def bbox_losses(
             f"boxes must be [B, 4] (cx, cy, w, h); got {tuple(pred.shape)} and "
             f"{tuple(target.shape)}"
         )
+    # torchvision is imported here, not at module level: importing it costs ~100 MB of resident
+    # memory, which every pretraining process would pay even without region data.
+    from torchvision.ops import box_convert, generalized_box_iou_loss
+
     pred, target = pred.float(), target.float()
     l1 = (pred - target).abs()
     a = box_convert(pred, "cxcywh", "xyxy")

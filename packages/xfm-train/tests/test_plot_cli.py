@@ -1,0 +1,60 @@
+"""``xfm plot RUN_DIR`` as a user runs it: the console script in a subprocess."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xfm.train.metrics import MetricsLogger
+
+
+def _xfm() -> list[str]:
+    exe = shutil.which("xfm") or str(Path(sys.executable).with_name("xfm"))
+    return [exe]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*_xfm(), "plot", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_xfm_plot_writes_a_png_of_every_loss(tmp_path):
+    logger = MetricsLogger(
+        tmp_path, ["loss", "image_text/itc", "image_text/mim", "eval/tr_r1"], tensorboard=False
+    )
+    for step in range(1, 41):
+        row = {"loss": 10 * math.exp(-step / 20), "image_text/itc": 3.0 - step / 40}
+        row["image_text/mim"] = 1.0 / step
+        if step % 20 == 0:
+            row["eval/tr_r1"] = step / 2
+        logger.log(step, row)
+    logger.close()
+    proc = _run(str(tmp_path), "--smooth", "5")
+    assert proc.returncode == 0, proc.stderr
+    png = tmp_path / "loss_curves.png"
+    assert proc.stdout.strip() == str(png)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png) as im:  # 4 panels in 3 columns -> 2 rows, at 110 dpi
+        width, height = im.size
+    assert width == pytest.approx(4.2 * 3 * 110, abs=2)
+    assert height == pytest.approx(2.8 * 2 * 110, abs=2)
+    out = tmp_path / "elsewhere.png"
+    assert _run(str(tmp_path), "--out", str(out)).returncode == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_xfm_plot_on_a_folder_that_is_not_a_run_says_so(tmp_path):
+    proc = _run(str(tmp_path))
+    assert proc.returncode == 2
+    assert "has no metrics.csv: is it an xfm pretrain run folder?" in proc.stderr
+    (tmp_path / "metrics.csv").write_text("step,loss\n")
+    proc = _run(str(tmp_path))
+    assert proc.returncode == 2
+    assert "has no rows yet" in proc.stderr
