@@ -62,15 +62,12 @@ def test_itc_all_gather_equals_one_process_with_the_union_batch(tmp_path: Path) 
         torch.testing.assert_close(r["grad_t"], ft.grad[part], atol=1e-6, rtol=0)
 
 
-@pytest.mark.distributed
-def test_torchrun_pretraining_on_streaming_data(synth_dir: Path, tmp_path: Path) -> None:
-    """Two ranks train on disjoint streaming shards with DDP, checkpoint once and exit cleanly
-    (no stale shared memory left)."""
-    s = synth_dir
-    cfg = {
-        "run_dir": str(tmp_path / "run"),
+def _pretrain_config(s: Path, run_dir: Path, mode: str, steps: int = 3, every: int = 0) -> dict:
+    return {
+        "distributed": mode,
+        "run_dir": str(run_dir),
         "seed": 1,
-        "steps": 3,
+        "steps": steps,
         "device": "cpu",
         "threads": 1,
         "model": {
@@ -105,20 +102,97 @@ def test_torchrun_pretraining_on_streaming_data(synth_dir: Path, tmp_path: Path)
             },
         },
         "optim": {"warmup_steps": 1},
-        "checkpoint": {"every": 0},
+        "checkpoint": {"every": every},
         "eval": {"batch_size": 8},
         "log": {"progress": False, "tensorboard": False, "plot": False},
     }
-    path = tmp_path / "cfg.yaml"
+
+
+def _pretrain(cfg: dict, folder: Path, *extra: str) -> subprocess.CompletedProcess:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"cfg_{len(list(folder.glob('cfg_*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    before = _shm()
-    proc = _torchrun(["-m", "xfm.core.cli", "pretrain", "--config", str(path), "--json"], 400)
+    args = ["-m", "xfm.core.cli", "pretrain", "--config", str(path), "--json", *extra]
+    proc = _torchrun(args, 400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ckpts = tmp_path / "run" / "checkpoints"
-    assert sorted(p.name for p in ckpts.glob("step_*.pt")) == ["step_00000003.pt"]
+    return proc
+
+
+def _losses(run_dir: Path) -> dict[int, list[float]]:
+    from xfm.train.metrics import read_metrics
+
+    rows = [r for r in read_metrics(run_dir / "metrics.csv") if "loss" in r]  # not eval rows
+    assert rows, (run_dir / "metrics.csv").read_text()
+    keys = [k for k in rows[0] if k == "loss" or ("/" in k and not k.startswith("eval/"))]
+    return {int(r["step"]): [r[k] for k in keys] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One DDP pretraining run (3 steps), shared by the tests below."""
+    folder = tmp_path_factory.mktemp("ddp")
+    before = _shm()
+    proc = _pretrain(_pretrain_config(synth_dir, folder / "run", "ddp", every=2), folder)
+    return folder / "run", proc, _shm() - before
+
+
+@pytest.mark.distributed
+def test_torchrun_pretraining_on_streaming_data(ddp_run) -> None:
+    """Two ranks train on disjoint streaming shards with DDP, checkpoint (rank 0 writes each
+    once) and exit cleanly (no stale shared memory left)."""
+    run_dir, proc, stale = ddp_run
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*.pt")) == [
+        "step_00000002.pt",
+        "step_00000003.pt",
+    ]
     state = torch.load(ckpts / "step_00000003.pt", weights_only=False)
     assert len(state["rng"]) == 2  # one RNG state per rank
     assert state["loader"]["sources"]["image_text"]["world_size"] == 2
     assert "zero-shot retrieval on 16 held-out images" in proc.stdout
     assert proc.stdout.count("trained 3 steps") == 1  # rank 0 prints
-    assert not (_shm() - before), f"stale shared memory left: {sorted(_shm() - before)}"
+    assert not stale, f"stale shared memory left: {sorted(stale)}"
+
+
+@pytest.mark.distributed
+def test_fsdp_trains_like_ddp_and_resumes_exactly(ddp_run, synth_dir: Path, tmp_path: Path) -> None:
+    """``distributed: fsdp`` (fully_shard, gloo, CPU): the same losses as DDP step by step (same
+    data, seeds and math; only where parameters live differs), full-state checkpoints equal to
+    DDP's, the safetensors export, and a resume from step 2 equal to DDP's resume."""
+    from safetensors.torch import load_file
+
+    ddp_dir, _, _ = ddp_run
+    run_dir = tmp_path / "run"
+    proc = _pretrain(_pretrain_config(synth_dir, run_dir, "fsdp", every=2), tmp_path)
+    assert "zero-shot retrieval on 16 held-out images" in proc.stdout  # evaluation unshards
+    fsdp_losses, ddp_losses = _losses(run_dir), _losses(ddp_dir)
+    assert sorted(fsdp_losses) == sorted(ddp_losses) == [1, 2, 3]
+    for step in (1, 2, 3):
+        torch.testing.assert_close(fsdp_losses[step], ddp_losses[step], atol=2e-5, rtol=2e-5)
+
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*.pt")) == [
+        "step_00000002.pt",
+        "step_00000003.pt",
+    ]
+    state = torch.load(ckpts / "step_00000003.pt", weights_only=False)
+    ddp_state = torch.load(ddp_dir / "checkpoints" / "step_00000003.pt", weights_only=False)
+    assert set(state["model"]) == set(ddp_state["model"])
+    for name, value in ddp_state["model"].items():  # full tensors, our names
+        torch.testing.assert_close(state["model"][name], value, atol=1e-5, rtol=1e-4)
+    exported = load_file(ckpts / "model.safetensors")
+    assert set(exported) <= set(state["model"]) and "temp" in exported
+
+    # resume from step 2: FSDP loads the full checkpoint into its shards exactly as DDP loads
+    # its own (the two resumed runs give the same step 3)
+    def resume(mode: str, source: Path) -> dict[int, list[float]]:
+        out = tmp_path / f"resumed_{mode}"
+        cfg = _pretrain_config(synth_dir, out, mode, every=2)
+        step2 = source / "checkpoints" / "step_00000002.pt"
+        proc = _pretrain(cfg, tmp_path / f"cfg_{mode}", "--resume", str(step2))
+        assert f"resumed from {step2}" in proc.stdout
+        return _losses(out)
+
+    resumed_fsdp, resumed_ddp = resume("fsdp", run_dir), resume("ddp", ddp_dir)
+    assert sorted(resumed_fsdp) == sorted(resumed_ddp) == [3]
+    torch.testing.assert_close(resumed_fsdp[3], resumed_ddp[3], atol=2e-5, rtol=2e-5)

@@ -261,13 +261,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = DDP(module, device_ids=ids)
         elif mode == "fsdp":
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            from xfm.train import fsdp
 
-            module = FSDP(
-                module,
-                use_orig_params=True,
-                device_id=self.device if self.device.type == "cuda" else None,
-            )
+            self.replicated = fsdp.shard(module)
         self.mode = mode
         # staged backward (lower peak memory) needs one backward per forward to be allowed
         self.staged = mode == "none" and not cfg.compile
@@ -326,9 +322,16 @@ class Trainer:
         state = load_training_state(url)
         check_compatible(state["config"], self._config_dict(), url)
         try:
-            load_into(self.model, state["model"], strict=True)
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (CheckpointError, ValueError, KeyError) as err:
+            if self.mode == "fsdp":
+                from xfm.train import fsdp
+
+                fsdp.load_full_state(
+                    self.trainable, self.optimizer, state["model"], state["optimizer"]
+                )
+            else:
+                load_into(self.model, state["model"], strict=True)
+                self.optimizer.load_state_dict(state["optimizer"])
+        except (CheckpointError, ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"cannot resume from {url!r}: {err}") from err
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
@@ -350,11 +353,12 @@ class Trainer:
             rngs = [None] * self.world
             torch.distributed.all_gather_object(rngs, rng)
         model_state = self._model_state()
+        optimizer_state = self._optimizer_state()
         url = None
         if is_main_process():
             state = {
                 "model": model_state,
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "step": self.step,
@@ -369,15 +373,20 @@ class Trainer:
         return url
 
     def _model_state(self) -> dict[str, torch.Tensor]:
+        """Full model state in our names (a collective under FSDP: call on every rank)."""
         if self.mode == "fsdp":
-            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            from xfm.train import fsdp
 
-            cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
-            with FSDP.state_dict_type(self.trainable, StateDictType.FULL_STATE_DICT, cfg):
-                full = self.trainable.state_dict()
-            return {k.removeprefix("model."): v for k, v in full.items()}
+            return fsdp.full_model_state(self.trainable)
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """Optimizer state (full and keyed by parameter name under FSDP; a collective there)."""
+        if self.mode == "fsdp":
+            from xfm.train import fsdp
+
+            return fsdp.full_optimizer_state(self.trainable, self.optimizer)
+        return self.optimizer.state_dict()
 
     # ------------------------------------------------------------------------ train
     def _next_batches(self) -> dict[str, Any]:
@@ -425,14 +434,15 @@ class Trainer:
             for k, v in p.items():
                 parts[k] = parts.get(k, 0) + v.float() / acc
             samples += n
+        if self.mode == "fsdp":
+            from xfm.train import fsdp
+
+            fsdp.sync_replicated_grads(self.replicated)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if cfg.optim.grad_clip > 0:
-            if self.mode == "fsdp":
-                self.trainable.clip_grad_norm_(cfg.optim.grad_clip)
-            else:
-                params = [p for p in self.model.parameters() if p.grad is not None]
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
+        if cfg.optim.grad_clip > 0:  # (FSDP: sharded DTensor grads; the norm is the global one)
+            params = [p for p in self.trainable.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip, foreach=True)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -452,7 +462,13 @@ class Trainer:
         """Zero-shot retrieval on the held-out split (None without ``data.eval_url``)."""
         if self.evaluator is None:
             return None
-        result = self.evaluator(self.model, self.device, self._autocast)
+        if self.mode == "fsdp":
+            from xfm.train import fsdp
+
+            with fsdp.unsharded(self.trainable):
+                result = self.evaluator(self.model, self.device, self._autocast)
+        else:
+            result = self.evaluator(self.model, self.device, self._autocast)
         self.eval_results.append((self.step, result))
         return result
 
@@ -531,10 +547,11 @@ class Trainer:
         self, elapsed: float, steps: int, result: dict[str, float] | None
     ) -> dict[str, Any]:
         summary: dict[str, Any] = {"steps": self.step, "elapsed_s": elapsed, "retrieval": result}
+        weights = self._model_state() if self.cfg.checkpoint.export_safetensors else None
         if is_main_process():
-            if self.cfg.checkpoint.export_safetensors:
+            if weights is not None:
                 export_weights(
-                    self._model_state(),
+                    weights,
                     join_url(self.ckpt_dir, "model.safetensors"),
                     self.model_spec,
                 )
