@@ -175,6 +175,11 @@ class SourceLoader:
         return int(self.dataset.epoch_size)
 
     def _start_epoch(self) -> None:
+        # Streaming treats a resume state whose epoch is below its own (shared-memory) epoch
+        # counter as stale and silently starts the next epoch from its beginning. Its counter
+        # has moved on whenever an iteration was started and abandoned (the distributed probe
+        # step, a resume after any batch): point it at our epoch so the state is honoured.
+        self.dataset.next_epoch = self.epoch
         self.dataset.load_state_dict(self._streaming_state())
         self._iter = iter(self.dataloader)
 
