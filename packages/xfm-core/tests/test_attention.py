@@ -15,8 +15,9 @@ CPU_BACKENDS = [b for b in runnable_backends("cpu") if b != "eager"]
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
 
-def _naive(q, k, v, key_mask=None, bias=None, causal=False):
-    """Independent reference in float64 with -inf masking; fully hidden rows are defined as 0."""
+def _naive(q, k, v, key_mask=None, bias=None, causal=False, keep=None, p=0.0):
+    """Independent reference in float64 with -inf masking; fully hidden rows are defined as 0.
+    ``keep``: a dropout keep-mask on the probabilities (scaled by ``1 / (1 - p)``)."""
     q, k, v = q.double(), k.double(), v.double()
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if bias is not None:
@@ -28,6 +29,8 @@ def _naive(q, k, v, key_mask=None, bias=None, causal=False):
         hide |= torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1)
     scores = scores.masked_fill(hide, float("-inf"))
     probs = torch.softmax(scores, -1).nan_to_num(0.0)
+    if keep is not None:
+        probs = probs * keep / (1.0 - p)
     return probs @ v
 
 
@@ -189,21 +192,6 @@ def test_cuda_backends_match_eager(backend, case):
         torch.testing.assert_close(g_out, g_ref, atol=1e-5, rtol=1e-5)
 
 
-def _naive_dropout(q, k, v, key_mask, bias, causal, keep, p):
-    """Float64 reference with a given dropout keep-mask on the probabilities."""
-    q, k, v = q.double(), k.double(), v.double()
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-    if bias is not None:
-        scores = scores + bias.double()
-    hide = torch.zeros(scores.shape, dtype=torch.bool)
-    if key_mask is not None:
-        hide |= ~key_mask[:, None, None, :]
-    if causal:
-        hide |= torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1)
-    probs = torch.softmax(scores.masked_fill(hide, float("-inf")), -1).nan_to_num(0.0)
-    return (probs * keep / (1.0 - p)) @ v
-
-
 @pytest.mark.parametrize("case", ["self_bias", "cross_pad", "causal", "fully_padded"])
 def test_training_dropout_path_matches_float64_reference(case):
     """CPU training with attention dropout (the lean path): forward and every gradient equal a
@@ -225,7 +213,7 @@ def test_training_dropout_path_matches_float64_reference(case):
     torch.manual_seed(7)
     keep = dropout_keep_mask(torch.Size((*q.shape[:3], k.shape[2])), p, q.device)
     assert 0.5 < keep.float().mean() < 0.9
-    ref = _naive_dropout(q, k, v, mask, bias, causal, keep, p)
+    ref = _naive(q, k, v, mask, bias, causal, keep, p)
     if mask is not None:
         ref = ref * mask.any(-1).double()[:, None, None, None]
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)

@@ -12,6 +12,7 @@ fusion package), :func:`resize_rel_pos_table`, :class:`BlockMaskingGenerator`,
 :func:`pretrain_transform` / :func:`eval_transform`.
 """
 
+from xfm.core.lazy import lazy_exports
 from xfm.vision.attention import VisionAttention, biased_attention, set_fused_bias_path
 from xfm.vision.beit import BEiTv2, BEiTv2Config
 from xfm.vision.config import VisionTowerConfig
@@ -48,16 +49,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'xfm.vision' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 __all__ = [
     "NORMALIZATIONS",

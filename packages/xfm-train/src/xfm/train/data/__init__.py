@@ -15,8 +15,7 @@ that only needs the typed batches or the schemas does not pay.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from xfm.core.lazy import lazy_exports
 
 _LAZY = {
     "BadSample": "xfm.train.data.errors",
@@ -61,18 +60,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'xfm.train.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 __all__ = [
     "NO_LABEL",
