@@ -29,6 +29,13 @@ def dropout_keep_mask(shape: torch.Size, p: float, device: torch.device) -> torc
     return torch.rand(shape, device=device) >= p
 
 
+def _dropped(probs: torch.Tensor, keep: torch.Tensor | None, p: float) -> torch.Tensor:
+    """The probabilities after dropout (``probs`` itself without a keep-mask)."""
+    if keep is None:
+        return probs
+    return (probs * keep).mul_(1.0 / (1.0 - p))
+
+
 class _LeanAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, scale: float, dropout_p: float):
@@ -38,15 +45,8 @@ class _LeanAttention(torch.autograd.Function):
             scores.add_(bias)
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         del scores
-        keep = None
-        if dropout_p > 0.0:
-            keep = dropout_keep_mask(probs.shape, dropout_p, probs.device)
-            dropped = probs * keep
-            dropped.mul_(1.0 / (1.0 - dropout_p))
-            out = torch.matmul(dropped, v)
-            del dropped
-        else:
-            out = torch.matmul(probs, v)
+        keep = dropout_keep_mask(probs.shape, dropout_p, probs.device) if dropout_p > 0 else None
+        out = torch.matmul(_dropped(probs, keep, dropout_p), v)
         ctx.save_for_backward(q, k, v, probs, out, keep)
         ctx.scale, ctx.dropout_p = scale, dropout_p
         ctx.bias_shape = None if bias is None else bias.shape
@@ -57,15 +57,9 @@ class _LeanAttention(torch.autograd.Function):
         q, k, v, probs, out, keep = ctx.saved_tensors
         scale, p = ctx.scale, ctx.dropout_p
         grad_out = grad_out.to(q.dtype)
-        if keep is not None:
-            dropped = probs * keep
-            dropped.mul_(1.0 / (1.0 - p))
-        else:
-            dropped = probs
-        grad_v = (
-            torch.matmul(dropped.transpose(-2, -1), grad_out) if ctx.needs_input_grad[2] else None
-        )
-        del dropped
+        grad_v = None
+        if ctx.needs_input_grad[2]:
+            grad_v = torch.matmul(_dropped(probs, keep, p).transpose(-2, -1), grad_out)
         grad_probs = torch.matmul(grad_out, v.transpose(-2, -1))  # [B, H, Tq, Tk]
         if keep is not None:
             grad_probs.mul_(keep).mul_(1.0 / (1.0 - p))

@@ -24,6 +24,7 @@ from torch import nn
 
 from xfm.core.checkpoint import CheckpointError, load_into, load_state_dict
 from xfm.core.config import save_config, to_dict
+from xfm.train import fsdp
 from xfm.train.checkpointing import (
     capture_rng,
     check_compatible,
@@ -261,8 +262,6 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = DDP(module, device_ids=ids)
         elif mode == "fsdp":
-            from xfm.train import fsdp
-
             self.replicated = fsdp.shard(module)
         self.mode = mode
         # staged backward (lower peak memory) needs one backward per forward to be allowed
@@ -323,8 +322,6 @@ class Trainer:
         check_compatible(state["config"], self._config_dict(), url)
         try:
             if self.mode == "fsdp":
-                from xfm.train import fsdp
-
                 fsdp.load_full_state(
                     self.trainable, self.optimizer, state["model"], state["optimizer"]
                 )
@@ -373,18 +370,17 @@ class Trainer:
         return url
 
     def _model_state(self) -> dict[str, torch.Tensor]:
-        """Full model state in our names (a collective under FSDP: call on every rank)."""
+        """Full model state in our names on rank 0, ``{}`` on the others (under FSDP a
+        collective: call it on every rank)."""
         if self.mode == "fsdp":
-            from xfm.train import fsdp
-
             return fsdp.full_model_state(self.trainable)
+        if not is_main_process():
+            return {}
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
     def _optimizer_state(self) -> dict[str, Any]:
         """Optimizer state (full and keyed by parameter name under FSDP; a collective there)."""
         if self.mode == "fsdp":
-            from xfm.train import fsdp
-
             return fsdp.full_optimizer_state(self.trainable, self.optimizer)
         return self.optimizer.state_dict()
 
@@ -435,8 +431,6 @@ class Trainer:
                 parts[k] = parts.get(k, 0) + v.float() / acc
             samples += n
         if self.mode == "fsdp":
-            from xfm.train import fsdp
-
             fsdp.sync_replicated_grads(self.replicated)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -462,12 +456,8 @@ class Trainer:
         """Zero-shot retrieval on the held-out split (None without ``data.eval_url``)."""
         if self.evaluator is None:
             return None
-        if self.mode == "fsdp":
-            from xfm.train import fsdp
-
-            with fsdp.unsharded(self.trainable):
-                result = self.evaluator(self.model, self.device, self._autocast)
-        else:
+        full = fsdp.unsharded(self.trainable) if self.mode == "fsdp" else contextlib.nullcontext()
+        with full:
             result = self.evaluator(self.model, self.device, self._autocast)
         self.eval_results.append((self.step, result))
         return result
