@@ -50,7 +50,7 @@ def search_images(
     if not paths:
         raise ValueError("no images to search")
     device = next(model.parameters()).device
-    reader = ImageReader("/", image_size)
+    reader = ImageReader(Path.cwd(), image_size)  # relative paths: from the working directory
     ids, mask = tokenize(tokenizer, [query], max_tokens)
     ids, mask = ids.to(device), mask.to(device)
     text = model.encode_text(ids, mask)
