@@ -58,3 +58,36 @@ def test_xfm_plot_on_a_folder_that_is_not_a_run_says_so(tmp_path):
     proc = _run(str(tmp_path))
     assert proc.returncode == 2
     assert "has no rows yet" in proc.stderr
+
+
+def test_panels_order_chance_and_title(tmp_path):
+    from xfm.train.plot import ITM_PRIOR, _title, panels
+
+    # the loss of a constant "positive with p = 1/3" on 1 positive + 2 negatives
+    prior = ITM_PRIOR
+    assert prior == pytest.approx(-(1 / 3) * math.log(1 / 3) - (2 / 3) * math.log(2 / 3))
+    assert prior == pytest.approx(0.6365, abs=1e-4)
+    cols = ["loss", "image_text/itm", "lr", "samples_per_s"]
+    evals = ["eval/ir@10", "eval/ir@1", "eval/ir@5", "eval/tr@1", "eval/r_mean", "eval/chance@1"]
+    logger = MetricsLogger(tmp_path, cols + evals, tensorboard=False)
+    for step in range(1, 21):
+        row = {"loss": 1.0 / step, "image_text/itm": 0.636, "lr": 1e-3, "samples_per_s": 9.0}
+        if step % 10 == 0:
+            row |= {k: float(step) for k in evals[:-1]} | {"eval/chance@1": 0.5}
+        logger.log(step, row)
+    logger.close()
+    from xfm.train.metrics import read_metrics
+
+    assert panels(read_metrics(tmp_path / "metrics.csv")) == [
+        "loss",
+        "image_text/itm",
+        "eval/tr@1",
+        "eval/ir@1",
+        "eval/ir@5",
+        "eval/ir@10",
+        "eval/r_mean",
+    ]
+    assert _run(str(tmp_path)).returncode == 0
+    assert _title(tmp_path) == f"xfm pretrain: {tmp_path.name}"
+    (tmp_path / "config.yaml").write_text("task: retrieval\nrun_dir: x\n")
+    assert _title(tmp_path) == f"xfm finetune retrieval: {tmp_path.name}"
