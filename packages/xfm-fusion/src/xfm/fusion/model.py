@@ -13,6 +13,7 @@ from torch import nn
 
 from xfm.core.layers import MLMHead, MLPHead
 from xfm.core.registry import create
+from xfm.fusion.contract import check_encoder
 
 
 def _default_text() -> dict[str, Any]:
@@ -62,10 +63,9 @@ def _create_encoder(kind: str, spec: dict[str, Any], **defaults: Any) -> nn.Modu
 
 
 def _width(encoder: nn.Module, kind: str) -> int:
-    width = getattr(encoder, "width", None)
-    if not isinstance(width, int):
-        raise TypeError(f"the {kind} {type(encoder).__name__} must expose an integer `width`")
-    return width
+    """``encoder.width`` after checking ``kind``'s contract (:mod:`xfm.fusion.contract`)."""
+    check_encoder(kind, encoder)
+    return int(encoder.width)
 
 
 class XFM(nn.Module):
@@ -81,12 +81,12 @@ class XFM(nn.Module):
         self.config = config
         self.vision_encoder = _create_encoder("vision_encoder", config.vision)
         self.text_encoder = _create_encoder("text_encoder", config.text)
-        dv = _width(self.vision_encoder, "vision encoder")
-        dt = _width(self.text_encoder, "text encoder")
+        dv = _width(self.vision_encoder, "vision_encoder")
+        dt = _width(self.text_encoder, "text_encoder")
         self.fusion_encoder = _create_encoder(
             "fusion_encoder", config.fusion, width=dt, vision_width=dv
         )
-        df = _width(self.fusion_encoder, "fusion encoder")
+        df = _width(self.fusion_encoder, "fusion_encoder")
         if df != dt:
             raise ValueError(f"the fusion encoder width ({df}) must equal the text width ({dt})")
         tcfg = self.text_encoder.config

@@ -140,6 +140,9 @@ def layer_decay_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW with layer-wise lr decay: lr of depth ``d`` = ``lr * decay ** (L + 1 - d)``
     (BEiT / X-FM fine-tuning); no weight decay on biases, norms and 1-d parameters."""
+    from xfm.fusion.contract import check_encoder
+
+    check_encoder("vision_encoder", model.vision_encoder, ("core", "layers"))
     num_layers = len(model.vision_encoder.blocks)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from xfm.core.cli import Command
+from xfm.fusion.contract import EncoderContractError, check_encoder
 
 __all__ = ["SearchCommand", "SearchHit", "search_images"]
 
@@ -89,15 +90,21 @@ class SearchCommand(Command):
             "--checkpoint", required=True, help="retrieval run dir / weights / golden dir"
         )
         parser.add_argument("--tokenizer", default=None, help="tokenizer (default: the run's)")
-        parser.add_argument("--top", type=int, default=10, help="results printed")
-        parser.add_argument("--rerank", type=int, default=16, help="images re-ranked by ITM")
-        parser.add_argument("--device", default="auto")
+        parser.add_argument(
+            "--top", type=int, default=10, help="results printed (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--rerank", type=int, default=16, help="images re-ranked by ITM (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)"
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         from xfm.core.config import load_config
         from xfm.tasks.base import FinetuneConfig, get_task
         from xfm.tasks.cli import build_eval_model
-        from xfm.train.trainer import resolve_device
+        from xfm.train.engine import resolve_device
 
         try:
             folder = Path(args.images)
@@ -118,12 +125,13 @@ class SearchCommand(Command):
             task = get_task("retrieval")
             model, _spec = build_eval_model(task, args.checkpoint, None)
             model = model.to(resolve_device(args.device)).eval()
+            check_encoder("vision_encoder", model.vision_encoder, ("core", "search"))
             size = model.vision_encoder.config.image_size
             size = size if isinstance(size, int) else int(size[0])
             hits = search_images(
                 model, tokenizer, paths, args.query, image_size=size, rerank=args.rerank
             )
-        except (FileNotFoundError, ValueError) as err:
+        except (FileNotFoundError, ValueError, EncoderContractError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         for rank, hit in enumerate(hits[: args.top], 1):
