@@ -205,8 +205,12 @@ class CheckOfficialCommand(Command):
         parser.add_argument(
             "directory", help="golden directory (config.json, model/inputs/outputs.safetensors)"
         )
-        parser.add_argument("--atol", type=float, default=1e-5)
-        parser.add_argument("--rtol", type=float, default=1e-4)
+        parser.add_argument(
+            "--atol", type=float, default=1e-5, help="absolute tolerance (default: %(default)s)"
+        )
+        parser.add_argument(
+            "--rtol", type=float, default=1e-4, help="relative tolerance (default: %(default)s)"
+        )
         parser.add_argument(
             "--backend",
             default="eager",

@@ -36,18 +36,31 @@ class DataCommand(Command):
         sub = parser.add_subparsers(dest="data_action", required=True, metavar="<action>")
         s = sub.add_parser("synth", help="write the shapes-world dataset (no downloads)")
         s.add_argument("--out", required=True, help="output folder")
-        s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--image-size", type=int, default=64)
-        s.add_argument("--num-train", type=int, default=2000)
-        s.add_argument("--num-test", type=int, default=200)
-        s.add_argument("--captions-per-image", type=int, default=2)
-        s.add_argument("--num-text", type=int, default=4000)
-        s.add_argument("--vocab-size", type=int, default=1000)
-        s.add_argument("--compression", default=None)
+        s.add_argument("--seed", type=int, default=0, help="world seed (default: %(default)s)")
+        s.add_argument(
+            "--image-size", type=int, default=64, help="image side in pixels (default: 64)"
+        )
+        s.add_argument("--num-train", type=int, default=2000, help="train images (default: 2000)")
+        s.add_argument("--num-test", type=int, default=200, help="test images (default: 200)")
+        s.add_argument(
+            "--captions-per-image",
+            type=int,
+            default=2,
+            help="train captions per image (default: 2)",
+        )
+        s.add_argument(
+            "--num-text", type=int, default=4000, help="text-only documents (default: 4000)"
+        )
+        s.add_argument(
+            "--vocab-size", type=int, default=1000, help="BPE vocabulary (default: 1000)"
+        )
+        s.add_argument(
+            "--compression", default=None, help="MDS compression, e.g. zstd (default: none)"
+        )
         s.add_argument("--quiet", action="store_true", help="no progress bar")
 
         p = sub.add_parser("prepare", help="convert an official dataset format to MDS shards")
-        p.add_argument("format", choices=_FORMATS)
+        p.add_argument("format", choices=_FORMATS, help="the dataset's format")
         p.add_argument("--out", required=True, help="local folder, s3://... or gs://...")
         p.add_argument("--ann", help="annotation file (xvlm, coco-karpathy, *-regions)")
         p.add_argument("--image-root", help="folder the annotation's image paths are relative to")
@@ -56,14 +69,19 @@ class DataCommand(Command):
         p.add_argument(
             "--splits", default="train,restval", help="Karpathy splits to keep (coco-karpathy)"
         )
-        p.add_argument("--compression", default="zstd")
+        p.add_argument("--compression", default="zstd", help="MDS compression (default: zstd)")
         p.add_argument("--shard-size", default="64mb", help="shard size limit, e.g. 64mb")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
 
         i = sub.add_parser("inspect", help="print the size and first samples of a dataset")
-        i.add_argument("url")
-        i.add_argument("--source", required=True, choices=("text", "image_text", "region", "image"))
-        i.add_argument("--num", type=int, default=3)
+        i.add_argument("url", help="dataset folder or s3:// / gs:// URL (holds index.json)")
+        i.add_argument(
+            "--source",
+            required=True,
+            choices=("text", "image_text", "region", "image"),
+            help="the schema of the dataset",
+        )
+        i.add_argument("--num", type=int, default=3, help="samples printed (default: 3)")
 
     def run(self, args: argparse.Namespace) -> int:
         """Run the chosen action; returns 0 on success, 1 on a data error."""
