@@ -321,3 +321,151 @@ def test_post_init_validation_is_reported_with_the_key() -> None:
         ConfigError, match=r"<dict>: invalid 'inner' \(Positive\): n must be > 0, got -1"
     ):
         config_from_dict(Outer, {"inner": {"n": -1}})
+
+
+# --------------------------------------------------------------------------- base: inheritance
+
+
+def test_base_inheritance_merges_resolves_relative_paths_and_names_the_file(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "root.yaml").write_text(
+        "steps: 10\noptim: {lr: 1e-3, warmup_steps: 5}\nmodel: {text: {name: bert, layers: 2}}\n"
+    )
+    (tmp_path / "shared" / "mid.yaml").write_text(
+        "base: root.yaml\noptim: {warmup_steps: 7}\nobjectives: [itm]\n"
+    )
+    (tmp_path / "child.yaml").write_text(
+        "base: shared/mid.yaml\nmodel: {text: {layers: 4}}\nprecision: fp32\n"
+    )
+    cfg = load_config(Train, tmp_path / "child.yaml", ["steps=3"])
+    assert cfg == Train(
+        steps=3,
+        optim=Optim(lr=1e-3, warmup_steps=7),
+        model={"text": {"name": "bert", "layers": 4}},  # mappings merge key by key
+        objectives=["itm"],  # other values replace
+        precision=Precision.FP32,
+    )
+    # an error names the file of the chain the value came from
+    (tmp_path / "shared" / "root.yaml").write_text("steps: 10\noptim: {lr: fast}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Train, tmp_path / "child.yaml")
+    assert str(info.value) == (
+        f"{tmp_path / 'shared' / 'root.yaml'}: invalid value for 'optim.lr': expected float, "
+        f"got 'fast' (str)"
+    )
+    (tmp_path / "shared" / "root.yaml").write_text("steps: 10\n")
+    (tmp_path / "child.yaml").write_text("base: shared/mid.yaml\nprecision: fp8\n")
+    with pytest.raises(ConfigError, match=r"^.*child\.yaml: invalid value for 'precision'"):
+        load_config(Train, tmp_path / "child.yaml")
+
+
+def test_base_cycles_missing_files_and_bad_values_are_errors(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nsteps: 1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"'base' files form a cycle: .*a\.yaml -> .*b\.yaml"):
+        load_config(Train, tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(Train, tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: nowhere.yaml\nsteps: 1\n")
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.yaml.*the base of .*d\.yaml"):
+        load_config(Train, tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("base: [a.yaml]\nsteps: 1\n")
+    with pytest.raises(ConfigError, match=r"e\.yaml: invalid value for 'base'"):
+        load_config(Train, tmp_path / "e.yaml")
+
+
+def test_base_relative_to_a_url() -> None:
+    save_config(Train(steps=4, optim=Optim(lr=5e-5)), "memory://xfm-base-test/dir/base.yaml")
+    from xfm.core.checkpoint.atomic import atomic_write
+
+    with atomic_write("memory://xfm-base-test/dir/child.yaml", "w") as f:
+        f.write("base: base.yaml\noptim: {warmup_steps: 3}\n")
+    cfg = load_config(Train, "memory://xfm-base-test/dir/child.yaml")
+    assert cfg.steps == 4 and cfg.optim == Optim(lr=5e-5, warmup_steps=3)
+
+
+# --------------------------------------------------------------------------- constraints, sections
+
+from typing import Annotated  # noqa: E402
+
+from pydantic import AfterValidator, Field  # noqa: E402
+
+from xfm.core.config import UnknownKeyError, validate_section  # noqa: E402
+
+
+@dataclass
+class Encoder:
+    width: int = 8
+    dropout: float = 0.1
+    act: Literal["gelu", "relu"] = "gelu"
+
+    def __post_init__(self) -> None:
+        if self.width % 2:
+            raise ValueError(f"width must be even, got {self.width}")
+
+
+def _check_model(model: dict[str, Any]) -> dict[str, Any]:
+    for key, spec in model.items():
+        if key not in ("text", "vision"):
+            raise UnknownKeyError(key, ["text", "vision"], what="encoder")
+        model[key] = validate_section(Encoder, spec, prefix=key, complete=True)
+    return model
+
+
+@dataclass
+class Bounded:
+    steps: Annotated[int, Field(ge=1)] = 1
+    every: Annotated[int, Field(ge=0)] = 0
+    ratio: Annotated[float, Field(ge=0, le=1)] = 0.5
+    model: Annotated[dict[str, Any], AfterValidator(_check_model)] = field(default_factory=dict)
+
+
+def test_field_constraints_say_the_bound(tmp_path: Path) -> None:
+    path = tmp_path / "b.yaml"
+    path.write_text("steps: 0\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Bounded, path)
+    assert str(info.value) == f"{path}: invalid value for 'steps': expected int >= 1, got 0 (int)"
+    assert info.value.key == "steps"
+    with pytest.raises(ConfigError, match=r"'every': expected int >= 0, got -3 \(int\)"):
+        load_config(Bounded, None, ["every=-3"])
+    with pytest.raises(ConfigError, match=r"'ratio': expected float <= 1\.0, got 1\.5 \(float\)"):
+        load_config(Bounded, {"ratio": 1.5})
+    with pytest.raises(ConfigError, match=r"'steps': expected int, got True \(bool\)"):
+        load_config(Bounded, {"steps": True})  # the type is checked before the bound
+    assert load_config(Bounded, {"steps": "1e2", "ratio": "1e-1"}) == Bounded(steps=100, ratio=0.1)
+
+
+def test_free_dict_checked_by_a_validator_reports_the_full_key_and_source(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("model: {text: {width: 4, dropout: '1e-1'}}\n")
+    cfg = load_config(Bounded, path)
+    assert cfg.model == {"text": {"width": 4, "dropout": 0.1}}  # converted, defaults not added
+    with pytest.raises(ConfigError) as info:
+        load_config(Bounded, path, ["model.text.widht=2"])
+    msg = str(info.value)
+    assert msg.startswith("command line override 'model.text.widht=2': unknown key ")
+    assert "'model.text.widht'. Valid keys at 'model.text': act, dropout, width." in msg
+    assert "Did you mean 'width'?" in msg and info.value.key == "model.text.widht"
+    with pytest.raises(ConfigError) as info:
+        load_config(Bounded, path, ["model.text.act=tanh"])
+    assert str(info.value) == (
+        "command line override 'model.text.act=tanh': invalid value for 'model.text.act': "
+        "expected one of 'gelu', 'relu', got 'tanh' (str)"
+    )
+    with pytest.raises(ConfigError, match=r"^.*m\.yaml: invalid value for 'model': width must be"):
+        path.write_text("model: {text: {width: 3}}\n")
+        load_config(Bounded, path)
+    # a validator's own UnknownKeyError: the full key, the valid names, the closest match;
+    # the source is the override that created the key (not the file)
+    with pytest.raises(ConfigError) as info:
+        load_config(Bounded, {"model": {}}, ["model.vison.width=2"])
+    assert str(info.value) == (
+        "command line override 'model.vison.width=2': unknown encoder 'model.vison'. Valid "
+        "encoders at 'model': text, vision. Did you mean 'vision'?"
+    )

@@ -3,26 +3,49 @@
 Data URLs may contain ``{synth}``, replaced by ``data.synth.out`` (the synthetic dataset, built
 on first use when ``data.synth.create`` is true). A YAML file may start from another one with
 ``base: other.yaml`` (path relative to the file); its keys are merged over the base's.
+
+Every section is checked when the file is loaded (exit 2 from the command line, naming the key):
+the free-form sections against the classes that consume them (``data.process`` against
+:class:`xfm.train.data.ProcessConfig`, ``data.loader`` against
+:class:`xfm.train.data.LoaderConfig`, ``model`` against :class:`xfm.fusion.XFMConfig` and each
+encoder spec against its registered encoder's config class, see :data:`ModelSpec`), source names
+against :data:`SOURCE_NAMES`, and counts and intervals against their bounds.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
+from pydantic import AfterValidator, Field
+
+from xfm.core.config import ConfigError, UnknownKeyError, validate_section
+
+#: ``int >= 1`` (steps, batch sizes, accumulation...).
+PositiveInt = Annotated[int, Field(ge=1)]
+#: ``int >= 0`` (intervals where 0 means "off", counts).
+NonNegativeInt = Annotated[int, Field(ge=0)]
+#: ``float >= 0``.
+NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 __all__ = [
+    "SOURCE_NAMES",
     "CheckpointSection",
     "DataSection",
     "EvalSection",
     "LogSection",
+    "ModelSpec",
+    "NonNegativeFloat",
+    "NonNegativeInt",
     "OptimSection",
+    "PositiveInt",
     "PretrainConfig",
     "SourceSection",
     "SynthSection",
+    "check_model_spec",
     "default_objectives",
     "load_pretrain_config",
 ]
@@ -41,6 +64,118 @@ def default_objectives(source: str) -> dict[str, float]:
     return dict(DEFAULT_OBJECTIVES.get(source, {}))
 
 
+#: The data source kinds a pretraining step reads (``data.sources`` keys).
+SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_OBJECTIVES)
+
+#: Encoder spec keys of the model section and the registry kind of each.
+ENCODER_KINDS: dict[str, str] = {
+    "text": "text_encoder",
+    "vision": "vision_encoder",
+    "fusion": "fusion_encoder",
+}
+
+
+def _encoder_config_class(component: Any) -> type | None:
+    """The config dataclass of a registered encoder: its ``config_class``, else the dataclass
+    in the annotation of its ``config`` constructor argument (``None``: not declared)."""
+    declared = getattr(component, "config_class", None)
+    if dataclasses.is_dataclass(declared):
+        return declared
+    try:
+        hints = typing.get_type_hints(component.__init__)
+    except Exception:  # a plugin whose annotations do not resolve: its spec is not checked
+        return None
+    tp = hints.get("config")
+    for arg in (*typing.get_args(tp), tp):
+        if isinstance(arg, type) and dataclasses.is_dataclass(arg):
+            return arg
+    return None
+
+
+def _check_encoder(key: str, spec: dict[str, Any]) -> dict[str, Any]:
+    from xfm.core.registry import RegistryError, get
+
+    name = spec.get("name")
+    if name is None:
+        raise ConfigError(
+            f"the encoder spec needs a registry 'name' (e.g. {{name: ..., width: ...}}); got "
+            f"keys {sorted(spec)}",
+            key=key,
+        )
+    if not isinstance(name, str):
+        raise ConfigError(f"expected str, got {name!r} ({type(name).__name__})", key=f"{key}.name")
+    try:
+        component = get(ENCODER_KINDS[key], name)
+    except RegistryError as e:
+        raise ConfigError(str(e), key=f"{key}.name") from None
+    config_class = _encoder_config_class(component)
+    if config_class is None:
+        return spec
+    options = {k: v for k, v in spec.items() if k != "name"}
+    return {"name": name, **validate_section(config_class, options, prefix=key)}
+
+
+def check_model_spec(
+    spec: dict[str, Any], sections: Mapping[str, type] | None = None
+) -> dict[str, Any]:
+    """Check a model section: :class:`xfm.fusion.XFMConfig` keys and types, and each encoder
+    spec (``text``/``vision``/``fusion``) against its registered encoder's config class (found
+    by ``name``). Values are converted; missing keys keep their defaults (filled in later).
+
+    Args:
+        spec: the model section.
+        sections: further keys a task model accepts, each checked against a dataclass (e.g.
+            ``{"decoder": DecoderConfig}``).
+
+    Raises:
+        ValueError: reported by :func:`xfm.core.config.load_config` under the model's key.
+    """
+    from xfm.fusion.model import XFMConfig
+
+    sections = dict(sections or {})
+    values = validate_section(XFMConfig, {k: v for k, v in spec.items() if k not in sections})
+    for key in ENCODER_KINDS:
+        if key in values:
+            values[key] = _check_encoder(key, values[key])
+    for key, section_class in sections.items():
+        if key in spec:
+            if not isinstance(spec[key], Mapping):
+                raise ConfigError(
+                    f"expected a mapping of {section_class.__name__} fields, got {spec[key]!r}",
+                    key=key,
+                )
+            values[key] = validate_section(section_class, spec[key], prefix=key)
+    return {k: values[k] for k in spec}
+
+
+#: An :class:`xfm.fusion.XFMConfig` as a dict, checked at load time by :func:`check_model_spec`.
+ModelSpec = Annotated[dict[str, Any], AfterValidator(check_model_spec)]
+
+
+def _check_sources(sources: dict[str, Any]) -> dict[str, Any]:
+    for name in sources:
+        if name not in SOURCE_NAMES:
+            raise UnknownKeyError(name, SOURCE_NAMES, what="source")
+    return sources
+
+
+def _check_process(process: dict[str, Any]) -> dict[str, Any]:
+    from xfm.train.data.transforms import ProcessConfig
+
+    return validate_section(ProcessConfig, process, exclude=("tokenizer",), complete=True)
+
+
+def _check_loader(loader: dict[str, Any]) -> dict[str, Any]:
+    from xfm.train.data.loader import LoaderConfig
+
+    return validate_section(LoaderConfig, loader, complete=True)
+
+
+def check_synth(synth: dict[str, Any]) -> dict[str, Any]:
+    """Check a free-form ``synth`` mapping against :class:`SynthSection`'s fields."""
+    return validate_section(SynthSection, synth)
+
+
 @dataclass
 class SourceSection:
     """One data source of the step.
@@ -55,8 +190,8 @@ class SourceSection:
     """
 
     url: str = ""
-    batch_size: int = 32
-    weight: float = 1.0
+    batch_size: PositiveInt = 32
+    weight: NonNegativeFloat = 1.0
     enabled: bool = True
     objectives: dict[str, float] = field(default_factory=dict)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -92,10 +227,12 @@ class DataSection:
 
     synth: SynthSection | None = None
     tokenizer: str = "{synth}/tokenizer"
-    sources: dict[str, SourceSection] = field(default_factory=dict)
+    sources: Annotated[dict[str, SourceSection], AfterValidator(_check_sources)] = field(
+        default_factory=dict
+    )
     eval_url: str = ""
-    process: dict[str, Any] = field(default_factory=dict)
-    loader: dict[str, Any] = field(default_factory=dict)
+    process: Annotated[dict[str, Any], AfterValidator(_check_process)] = field(default_factory=dict)
+    loader: Annotated[dict[str, Any], AfterValidator(_check_loader)] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,8 +253,8 @@ class OptimSection:
         fused: fused AdamW kernel (``None``: when the device supports it, else foreach).
     """
 
-    lr: float = 1e-4
-    weight_decay: float = 0.01
+    lr: NonNegativeFloat = 1e-4
+    weight_decay: NonNegativeFloat = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     new_param_lr_mult: float = 2.0
@@ -128,10 +265,10 @@ class OptimSection:
         ]
     )
     no_decay: list[str] = field(default_factory=lambda: [r"\.bias$", r"norm", r"^temp$", r"_bias$"])
-    warmup_steps: int = 2500
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    accumulate: int = 1
+    warmup_steps: NonNegativeInt = 2500
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0
+    grad_clip: NonNegativeFloat = 1.0
+    accumulate: PositiveInt = 1
     fused: bool | None = None
 
 
@@ -146,8 +283,8 @@ class CheckpointSection:
     """
 
     url: str = ""
-    every: int = 500
-    keep: int = 2
+    every: NonNegativeInt = 500
+    keep: NonNegativeInt = 2
     export_safetensors: bool = True
 
 
@@ -160,17 +297,17 @@ class EvalSection:
         batch_size: encoding batch size.
     """
 
-    every: int = 0
+    every: NonNegativeInt = 0
     at_end: bool = True
-    max_pairs: int = 0
-    batch_size: int = 64
+    max_pairs: NonNegativeInt = 0
+    batch_size: PositiveInt = 64
 
 
 @dataclass
 class LogSection:
     """Observability: CSV + TensorBoard per-loss metrics, progress bar, loss-curve PNG."""
 
-    every: int = 1
+    every: PositiveInt = 1
     tensorboard: bool = True
     progress: bool = True
     plot: bool = True
@@ -195,19 +332,23 @@ class PretrainConfig:
             text ``vocab_size``/``pad_token_id`` default to the tokenizer's, the vision
             ``image_size``/``patch_size`` to ``data.process``).
         init_from: optional weights to start from (``xfm.core.checkpoint.load_state_dict``).
+        init_strict: refuse an ``init_from`` whose tensors are missing (other than
+            ``optim.new_params``) or differently shaped, with the grouped report; ``false``
+            starts those tensors from scratch.
     """
 
     run_dir: str = "runs/pretrain"
     seed: int = 0
-    steps: int = 1000
+    steps: PositiveInt = 1000
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    threads: int | None = None
+    threads: PositiveInt | None = None
     distributed: Literal["auto", "none", "ddp", "fsdp"] = "auto"
     compile: bool = False
     deterministic: bool = False
-    model: dict[str, Any] = field(default_factory=dict)
+    model: ModelSpec = field(default_factory=dict)
     init_from: str = ""
+    init_strict: bool = True
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
@@ -215,44 +356,8 @@ class PretrainConfig:
     log: LogSection = field(default_factory=LogSection)
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
-
-
-def _read_yaml(path: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
-    from xfm.core.checkpoint.storage import read_bytes
-    from xfm.core.config import ConfigError
-
-    if path in chain:
-        raise ConfigError(f"{path}: 'base' files form a cycle: {' -> '.join((*chain, path))}")
-    try:
-        data = yaml.safe_load(read_bytes(path).decode("utf-8")) or {}
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"config file {path!r} does not exist") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}", source=path) from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}", source=path)
-    if "://" not in base and not os.path.isabs(base):
-        base = os.path.join(os.path.dirname(path), base)
-    return _merge(_read_yaml(base, (*chain, path)), data)
-
-
 def load_pretrain_config(path: str, overrides: Sequence[str] = ()) -> PretrainConfig:
     """Read a pretraining YAML (following ``base:``), apply ``dotted.key=value`` overrides."""
-    from xfm.core.config import config_from_dict
+    from xfm.core.config import load_config
 
-    return config_from_dict(
-        PretrainConfig, _read_yaml(str(path)), source=str(path), overrides=overrides
-    )
+    return load_config(PretrainConfig, str(path), overrides)
