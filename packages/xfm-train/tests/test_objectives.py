@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from xfm.core.attention import use_backend
+from xfm.train.data.batches import ImageBatch, ImageTextBatch
 from xfm.train.objectives import (
     ITC,
     ITM,
@@ -24,6 +25,7 @@ from xfm.train.objectives import (
     FusionMLM,
     TextMLM,
     bbox_losses,
+    golden_batches,
     golden_losses,
     hard_negative_weights,
     itc_loss,
@@ -106,15 +108,16 @@ def test_hard_negatives_follow_the_itc_softmax() -> None:
 
 
 def test_itm_single_pair_batch_is_a_clear_error(golden_model, golden_inputs) -> None:
-    ctx = BatchContext(
-        golden_model,
-        "image_text",
+    batch = ImageTextBatch(
+        index=torch.arange(1),
+        keys=["a"],
         image=golden_inputs["image"][:1],
         text_ids=golden_inputs["text_ids"][:1],
         text_mask=golden_inputs["text_atts"][:1],
+        image_index=torch.arange(1),
     )
     with pytest.raises(ValueError, match="at least 2 pairs"):
-        ITM()(golden_model, ctx)
+        ITM()(BatchContext(golden_model, "image_text", batch))
 
 
 # ---------------------------------------------------------------------------------- ITC
@@ -160,46 +163,20 @@ LOSSES = ("itc", "itm", "mlm_fusion", "mlm_text", "mim", "bbox")
 
 
 def _loss(model, inputs, name: str) -> torch.Tensor:
-    caption = {
-        "text_ids": inputs["text_ids"],
-        "text_mask": inputs["text_atts"],
-        "masked_ids": inputs["masked_text_ids"],
-        "masked_pos": inputs["masked_pos"],
-        "masked_labels": inputs["masked_ids"],
-        "negatives": (inputs["neg_image_idx"], inputs["neg_text_idx"]),
-    }
-    pair = BatchContext(
-        model, "image_text", image=inputs["image"], image_mask=inputs["image_mask"], **caption
-    )
+    negatives = (inputs["neg_image_idx"], inputs["neg_text_idx"])
+    pair_batch, text_batch, region_batch = golden_batches(inputs)
+    pair = BatchContext(model, "image_text", pair_batch, negatives=negatives)
     if name == "itc":
-        return ITC(gather=False, id_aware=False)(model, pair)["itc"]
+        return ITC(gather=False, id_aware=False)(pair)["itc"]
     if name == "itm":
-        return ITM(id_aware=False)(model, pair)["itm"]
+        return ITM(id_aware=False)(pair)["itm"]
     if name == "mlm_fusion":
-        return FusionMLM()(model, pair)["fusion_mlm"]
+        return FusionMLM()(pair)["fusion_mlm"]
     if name == "mim":
-        return MIM()(model, pair)["mim"]
+        return MIM()(pair)["mim"]
     if name == "mlm_text":
-        text = BatchContext(
-            model,
-            "text",
-            masked_ids=inputs["masked_text_ids"],
-            text_mask=inputs["text_atts"],
-            masked_pos=inputs["masked_pos"],
-            masked_labels=inputs["masked_ids"],
-        )
-        return TextMLM()(model, text)["text_mlm"]
-    region = BatchContext(
-        model,
-        "region",
-        image=inputs["image"],
-        group=inputs["idx_to_group_img"],
-        region_mask=inputs["region_image_atts"],
-        box=inputs["target_bbox"],
-        is_image=inputs["is_image"],
-        **caption,
-    )
-    out = BBox()(model, region)
+        return TextMLM()(BatchContext(model, "text", text_batch))["text_mlm"]
+    out = BBox()(BatchContext(model, "region", region_batch, negatives=negatives))
     return out["bbox"] + out["giou"]
 
 
@@ -305,8 +282,8 @@ def test_vision_guidance_target_is_the_live_encoder(golden_model, golden_inputs)
     image, mask = golden_inputs["image"], golden_inputs["image_mask"]
 
     def target(model):
-        ctx = BatchContext(model, "image", image=image, image_mask=mask)
-        return ctx.mim_target()
+        batch = ImageBatch(index=torch.arange(4), keys=list("abcd"), image=image, image_mask=mask)
+        return BatchContext(model, "image", batch).mim_target()
 
     guided = target(golden_model)
     assert not guided.requires_grad
@@ -323,48 +300,238 @@ def test_vision_guidance_target_is_the_live_encoder(golden_model, golden_inputs)
     assert not torch.allclose(target(teacher_model), frozen)
 
 
-def test_staged_backward_gives_the_gradients_of_the_total(golden_model, golden_inputs) -> None:
-    """The trainer's single-process mode (backward per stage) equals one backward of the sum."""
-    from xfm.train.config import default_objectives
-    from xfm.train.data.batches import ImageTextBatch
+# ------------------------------------------------------------------ the typed batch context
+def test_context_wraps_the_typed_batch(golden_model, golden_inputs) -> None:
+    pair, text, _ = golden_batches(golden_inputs)
+    ctx = BatchContext(golden_model, "image_text", pair)
+    assert ctx.batch is pair
+    assert ctx.vision() is ctx.vision()  # each encoder pass runs once per batch
+    assert ctx.sample_ids is pair.image_index
+    with pytest.raises(TypeError, match="needs a ImageTextBatch; got TextBatch"):
+        BatchContext(golden_model, "image_text", text)
+    with pytest.raises(ValueError, match="unknown source 'video'"):
+        BatchContext(golden_model, "video", pair)
+
+
+def test_objectives_take_only_the_context() -> None:
+    """Objectives take only the context: every model pass of a batch goes through it."""
+    import inspect
+
+    from xfm.core.registry import available, create
+
+    names = available("objective")
+    assert {"itc", "itm", "fusion_mlm", "text_mlm", "mim", "bbox"} <= set(names)
+    for name in names:
+        objective = create("objective", name)
+        assert list(inspect.signature(objective.__call__).parameters) == ["ctx"], name
+
+
+# ----------------------------------------------------- declared stages and loss names
+def test_objectives_declare_their_stage_and_loss_names() -> None:
+    from xfm.core.registry import create
+    from xfm.train.objectives import Stage
+
+    declared = {
+        name: (create("objective", name).stage, create("objective", name).losses)
+        for name in ("itc", "itm", "fusion_mlm", "text_mlm", "mim", "bbox")
+    }
+    assert declared == {
+        "itc": (Stage.MAIN, ("itc",)),
+        "itm": (Stage.MAIN, ("itm",)),
+        "fusion_mlm": (Stage.MAIN, ("fusion_mlm",)),
+        "text_mlm": (Stage.MAIN, ("text_mlm",)),
+        "mim": (Stage.REUSE, ("mim",)),  # after the pass whose output it reuses, detached
+        "bbox": (Stage.MAIN, ("bbox", "giou")),
+    }
+    assert Stage.MAIN < Stage.REUSE
+
+
+def test_build_objectives_orders_by_declared_stage() -> None:
     from xfm.train.loss import PretrainLoss, build_objectives
 
-    golden_model.eval()  # deterministic (no dropout): both runs see the same graph
-    x = golden_inputs
-    batch = ImageTextBatch(
+    built = build_objectives({"mim": 1.0, "itc": 1.0, "itm": 0.5}, {}, "image_text")
+    assert [item.name for item in built] == ["itc", "itm", "mim"]
+    assert built[1].weight == 0.5
+    region = build_objectives({"bbox": 1.0, "itc": 1.0}, {}, "region")
+    loss = PretrainLoss(torch.nn.Linear(1, 1), {"image_text": built, "region": region})
+    assert loss.loss_names() == [
+        "image_text/itc",
+        "image_text/itm",
+        "image_text/mim",
+        "region/bbox",
+        "region/giou",
+        "region/itc",
+    ]
+
+
+class _Probe:
+    """A third-party objective: its stage and loss names come from its class attributes."""
+
+    @staticmethod
+    def make(stage, losses, returns=None):
+        from xfm.train.objectives import Objective
+
+        class Probe(Objective):
+            name = "probe"
+            sources = ("image",)
+
+            def __call__(self, ctx):
+                image = ctx.vision()  # a pass through the context
+                return {k: image.mean() * (i + 1) for i, k in enumerate(returns or losses)}
+
+        Probe.stage, Probe.losses = stage, losses
+        return Probe()
+
+
+def test_stages_group_by_declared_stage_for_any_objective(golden_model, golden_inputs) -> None:
+    from xfm.train.loss import PretrainLoss
+    from xfm.train.objectives import Stage
+
+    batch = ImageBatch(
         index=torch.arange(4),
         keys=list("abcd"),
-        image=x["image"],
-        image_mask=x["image_mask"],
-        text_ids=x["text_ids"],
-        text_mask=x["text_atts"],
-        masked_ids=x["masked_text_ids"],
-        masked_pos=x["masked_pos"],
-        masked_labels=x["masked_ids"],
-        image_index=torch.arange(4),
+        image=golden_inputs["image"],
+        image_mask=golden_inputs["image_mask"],
     )
-    objectives = {
-        "image_text": build_objectives(default_objectives("image_text"), {}, "image_text")
+    late = _Probe.make(Stage.REUSE, ("late",))
+    early = _Probe.make(Stage.MAIN, ("a", "b"))
+    loss = PretrainLoss(golden_model, {"image": [("late", 1.0, late), ("early", 2.0, early)]})
+    assert loss.loss_names() == ["image/a", "image/b", "image/late"]
+    stages = list(loss.stages({"image": batch}))
+    assert [(s.source, s.stage, sorted(s.parts)) for s in stages] == [
+        ("image", Stage.MAIN, ["image/a", "image/b"]),
+        ("image", Stage.REUSE, ["image/late"]),
+    ]
+    with torch.no_grad():
+        mean = float(golden_model.encode_image(golden_inputs["image"]).mean())
+    # weighted stage sums: 2 * (mean + 2 * mean), then 1 * mean
+    assert abs(float(stages[0].loss.detach()) - 6 * mean) < 1e-6
+    assert abs(float(stages[1].loss.detach()) - mean) < 1e-6
+
+    wrong = _Probe.make(Stage.MAIN, ("a",), returns=("a", "extra"))
+    with pytest.raises(ValueError, match=r"objective 'wrong' returned losses \['a', 'extra'\]"):
+        PretrainLoss(golden_model, {"image": [("wrong", 1.0, wrong)]})({"image": batch})
+    with pytest.raises(ValueError, match="no objective ran for sources"):
+        next(loss.stages({"text": batch}))
+
+
+# ------------------------------------------------------------ staged vs single backward
+def _all_source_batches(x: dict) -> dict:
+    """One batch of every source from the golden inputs, in the data pipeline's layout."""
+    from xfm.train.data.batches import RegionBatch, TextBatch
+
+    b = x["text_ids"].shape[0]
+    common = {"index": torch.arange(b), "keys": [str(i) for i in range(b)]}
+    caption = {
+        "image": x["image"],
+        "image_mask": x["image_mask"],
+        "text_ids": x["text_ids"],
+        "text_mask": x["text_atts"],
+        "masked_ids": x["masked_text_ids"],
+        "masked_pos": x["masked_pos"],
+        "masked_labels": x["masked_ids"],
     }
-    grads = []
+    dense = torch.full_like(x["masked_text_ids"], -100)  # dense text MLM labels [B, T]
+    for row in range(b):
+        for pos, label in zip(x["masked_pos"][row], x["masked_ids"][row], strict=True):
+            if label != -100:
+                dense[row, pos] = label
+    return {
+        "text": TextBatch(
+            **common,
+            input_ids=x["text_ids"],
+            attention_mask=x["text_atts"],
+            mlm_input_ids=x["masked_text_ids"],
+            mlm_labels=dense,
+        ),
+        "image_text": ImageTextBatch(**common, **caption, image_index=torch.tensor([0, 0, 1, 2])),
+        "region": RegionBatch(
+            **common,
+            **caption,
+            box=x["target_bbox"],
+            region_patch_mask=x["region_image_atts"][:, 1:].bool(),
+            image_index=torch.arange(b),
+        ),
+        "image": ImageBatch(**common, image=x["image"], image_mask=x["image_mask"]),
+    }
+
+
+def test_staged_backward_gives_the_gradients_of_the_total(golden_model, golden_inputs) -> None:
+    """The trainer's single-process mode (the caller back-propagates each yielded stage) gives
+    the gradients of one backward of :meth:`PretrainLoss.forward`'s total, on every source."""
+    from xfm.train.config import default_objectives
+    from xfm.train.loss import PretrainLoss, build_objectives
+    from xfm.train.objectives import Stage
+
+    golden_model.eval()  # deterministic (no dropout): both runs see the same graph
+    batches = _all_source_batches(golden_inputs)
+    objectives = {s: build_objectives(default_objectives(s), {}, s) for s in batches}
+    weights = {"text": 0.5, "region": 2.0}
+    results = []
     for staged in (False, True):
         golden_model.zero_grad(set_to_none=True)
-        loss = PretrainLoss(golden_model, objectives, None, torch.Generator().manual_seed(0))
+        loss = PretrainLoss(golden_model, objectives, weights, torch.Generator().manual_seed(0))
         if staged:
-            total, parts = loss({"image_text": batch}, backward=lambda t: t.backward())
-            assert not total.requires_grad
+            order, total, parts = [], torch.zeros(()), {}
+            for stage in loss.stages(batches):
+                order.append((stage.source, stage.stage))
+                if not order[1:]:  # the loss module never back-propagates itself
+                    assert all(p.grad is None for p in golden_model.parameters())
+                assert stage.loss.requires_grad
+                stage.loss.backward()
+                with pytest.raises(RuntimeError, match="second time"):
+                    stage.loss.backward()  # its graph was freed before the next stage ran
+                total = total + stage.loss.detach()
+                parts.update(stage.parts)
+            assert order == [
+                ("text", Stage.MAIN),
+                ("image_text", Stage.MAIN),
+                ("image_text", Stage.REUSE),
+                ("region", Stage.MAIN),
+                ("image", Stage.REUSE),
+            ]
         else:
-            total, parts = loss({"image_text": batch})
+            total, parts = loss(batches)
             total.backward()
-        grads.append(
-            {n: p.grad.clone() for n, p in golden_model.named_parameters() if p.grad is not None}
-        )
-        assert set(parts) == {
-            "image_text/itc",
-            "image_text/itm",
-            "image_text/fusion_mlm",
-            "image_text/mim",
+        grads = {
+            n: p.grad.clone() for n, p in golden_model.named_parameters() if p.grad is not None
         }
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+        results.append((total.detach(), parts, grads))
+    (total0, parts0, grads0), (total1, parts1, grads1) = results
+    assert list(parts0) == list(parts1) == loss.loss_names()
+    for key in parts0:
+        torch.testing.assert_close(parts1[key], parts0[key], atol=0, rtol=0)
+    weighted = sum(
+        parts0[f"{s}/{k}"] * w * weights.get(s, 1.0)
+        for s, objs in objectives.items()
+        for name, w, obj in objs
+        for k in obj.losses
+    )
+    torch.testing.assert_close(total0, weighted, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(total1, total0, atol=1e-5, rtol=1e-6)
+    assert grads0.keys() == grads1.keys()
+    for name in grads0:
+        torch.testing.assert_close(grads1[name], grads0[name], atol=1e-6, rtol=1e-5)
+
+
+def test_hard_negative_uniform_mix() -> None:
+    """m = 0 is the official weighting, unchanged; m > 0 mixes in the uniform distribution over
+    the admissible negatives (same-id columns stay at zero)."""
+    from xfm.train.objectives import hard_negative_weights
+
+    torch.manual_seed(0)
+    sim = torch.randn(5, 5) * 4
+    ids = torch.tensor([0, 1, 1, 2, 3])
+    official = hard_negative_weights(sim, ids)
+    assert torch.equal(hard_negative_weights(sim, ids, 0.0), official)
+    admissible = ids[:, None] != ids[None, :]
+    p = torch.softmax(sim.double(), 1) + 1e-5
+    p = torch.where(admissible, p, torch.zeros_like(p))
+    p = p / p.sum(1, keepdim=True)
+    u = admissible.double() / admissible.double().sum(1, keepdim=True)
+    for m in (0.25, 1.0):
+        mixed = hard_negative_weights(sim, ids, m).double()
+        torch.testing.assert_close(mixed, (1 - m) * p + m * u, rtol=1e-6, atol=1e-7)
+        assert bool((mixed[~admissible] == 0).all())
+    with pytest.raises(ValueError, match="uniform_mix"):
+        hard_negative_weights(sim, ids, 1.5)

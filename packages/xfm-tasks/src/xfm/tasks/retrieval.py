@@ -35,6 +35,7 @@ from xfm.fusion.model import XFMConfig
 from xfm.tasks.base import Task, TaskData, TaskDataSection, TaskModel
 from xfm.tasks.base_data import ImageReader, read_annotations, require, tokenize
 from xfm.tasks.metrics import retrieval_recall
+from xfm.train.data.batches import ImageTextBatch
 from xfm.train.distributed import get_rank, get_world_size, is_distributed
 from xfm.train.objectives import ITC, ITM, BatchContext
 
@@ -71,23 +72,23 @@ class RetrievalModel(TaskModel):
         idx: torch.Tensor,
         generator: torch.Generator | None = None,
         negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
+        itm_uniform_mix: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         """Training losses ``{"itc", "itm"}`` of pairs (``image`` ``[B,3,H,W]``, text ``[B,T]``)
         with image ids ``idx`` ``[B]``: id-aware ITC (all-gathered, logits / temp, no clamp)
         and ITM with hard negatives drawn with same-id entries excluded (or fixed
-        ``negatives``)."""
-        ctx = BatchContext(
-            self,
-            "image_text",
+        ``negatives``; ``itm_uniform_mix``: see :class:`~xfm.train.objectives.ITM`)."""
+        batch = ImageTextBatch(
+            index=idx,
+            keys=[""] * idx.shape[0],
             image=image,
             text_ids=text_ids,
             text_mask=text_mask,
-            ids=idx,
-            generator=generator,
-            negatives=negatives,
+            image_index=idx,
         )
-        out = ITC(gather=True, id_aware=True)(self, ctx)
-        out.update(ITM(id_aware=True)(self, ctx))
+        ctx = BatchContext(self, "image_text", batch, generator=generator, negatives=negatives)
+        out = ITC(gather=True, id_aware=True)(ctx)
+        out.update(ITM(id_aware=True, uniform_mix=itm_uniform_mix)(ctx))
         return out
 
 
@@ -400,7 +401,8 @@ class RetrievalTask(Task):
     """Image-text retrieval. Options: ``k_test`` (candidates re-ranked by ITM: 256 COCO, 128
     Flickr), ``itm_batch_size`` (pairs per fusion pass in evaluation), ``kv_chunk`` (images
     whose cross-attention K/V are held at once), ``itc_weight`` /
-    ``itm_weight``, ``max_eval_images`` (0: all; for quick checks)."""
+    ``itm_weight``, ``itm_uniform_mix`` (share of uniform ITM negatives; 0 = official),
+    ``max_eval_images`` (0: all; for quick checks)."""
 
     name: ClassVar[str] = "retrieval"
     metric: ClassVar[str] = "r_mean"
@@ -412,6 +414,7 @@ class RetrievalTask(Task):
         "kv_chunk": 64,
         "itc_weight": 1.0,
         "itm_weight": 1.0,
+        "itm_uniform_mix": 0.0,
         "max_eval_images": 0,
     }
 
@@ -444,7 +447,12 @@ class RetrievalTask(Task):
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
         parts = model(
-            batch["image"], batch["text_ids"], batch["text_mask"], batch["idx"], generator
+            batch["image"],
+            batch["text_ids"],
+            batch["text_mask"],
+            batch["idx"],
+            generator,
+            itm_uniform_mix=float(self.options["itm_uniform_mix"]),
         )
         total = (
             self.options["itc_weight"] * parts["itc"] + self.options["itm_weight"] * parts["itm"]

@@ -82,6 +82,9 @@ class TextBatch(Batch):
         attention_mask: ``[B, T]`` 1 for tokens, 0 for padding.
         mlm_input_ids: ``[B, T]`` the ids after whole-word masking.
         mlm_labels: ``[B, T]`` the original id at masked positions, -100 elsewhere.
+        masked_pos, masked_labels: optional sparse labels instead of ``mlm_labels`` (the official
+            layout): ``[B, M]`` masked positions (padded with 0) and their original ids (padded
+            with -100). Text MLM reads these when set.
     """
 
     input_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
@@ -90,6 +93,8 @@ class TextBatch(Batch):
     )
     mlm_input_ids: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
     mlm_labels: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
+    masked_pos: torch.Tensor | None = None
+    masked_labels: torch.Tensor | None = None
 
 
 @dataclass
@@ -137,8 +142,13 @@ class RegionBatch(_CaptionFields):
 
     Attributes:
         box: ``[B, 4]`` float32 ``(cx, cy, w, h)`` of the region in [0, 1] of the image.
-        region_patch_mask: ``[B, N]`` bool, True at patches that overlap the box.
+        region_patch_mask: ``[B, N]`` bool, True at patches that overlap the box (or ``[B, 1+N]``
+            with column 0 for the CLS position, the official ``region_image_atts``).
         image_index: ``[B]`` int64 id of the image.
+        image_row: optional ``[B]`` int64 row of ``image`` that each region belongs to, when
+            several regions share one image (``image`` then holds ``Bi <= B`` images; the
+            official ``idx_to_group_img``). ``None``: row ``b`` for region ``b``.
+        is_image: optional ``[B]`` 1 where the caption describes the whole image (no box loss).
     """
 
     box: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4))
@@ -146,6 +156,8 @@ class RegionBatch(_CaptionFields):
         default_factory=lambda: torch.zeros(0, 0, dtype=torch.bool)
     )
     image_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    image_row: torch.Tensor | None = None
+    is_image: torch.Tensor | None = None
 
 
 @dataclass

@@ -1,31 +1,64 @@
-"""The objective protocol: a small object that owns no parameters and computes named losses."""
+"""The objective protocol: a parameter-free consumer of a batch context that returns named losses.
+
+An objective reads everything it needs from a
+:class:`~xfm.train.objectives.context.BatchContext` (the typed batch plus lazily computed encoder
+outputs; the context is the only caller of the model) and returns ``{loss_name: scalar}``. It
+declares, as class attributes, the sources it applies to, the loss names it returns and the
+:class:`Stage` it runs in, so that the loss module can group it and the trainer can name its
+metric columns without knowing any objective by name.
+"""
 
 from __future__ import annotations
 
+import enum
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 if TYPE_CHECKING:
-    from xfm.fusion.model import XFM
     from xfm.train.objectives.context import BatchContext
 
-__all__ = ["Objective", "masked_cross_entropy"]
+__all__ = ["Objective", "Stage", "gather_masked", "masked_cross_entropy"]
+
+
+class Stage(enum.IntEnum):
+    """When an objective runs within one source's batch (lower first).
+
+    In the trainer's single-process mode each stage of a source is back-propagated on its own,
+    so that its graph is freed before the next stage builds one; the gradients add up to those
+    of the summed loss.
+    """
+
+    #: Objectives that run the encoder passes with gradient (ITC, ITM, MLM, bbox).
+    MAIN = 0
+    #: Objectives that reuse, detached, what the main stage computed: MIM regresses to the
+    #: unmasked vision output of the main stage (vision guidance) instead of encoding again.
+    REUSE = 1
 
 
 class Objective:
     """Base class of the pretraining objectives (entry-point group ``xfm.objective``).
 
-    Subclasses set ``name`` and ``sources`` (the data sources they apply to) and implement
-    :meth:`__call__`, which reads the shared, lazily computed states of one batch from a
-    :class:`~xfm.train.objectives.context.BatchContext` and returns ``{loss_name: scalar}``.
-    Objectives own no parameters: everything trainable lives in the :class:`~xfm.fusion.XFM`.
+    Subclasses set the class attributes and implement :meth:`__call__`.
+
+    Attributes:
+        name: the registry name.
+        sources: the data sources the objective applies to.
+        losses: the loss names :meth:`__call__` returns, in that order.
+        stage: the :class:`Stage` the objective runs in.
+
+    Objectives own no parameters (everything trainable lives in the :class:`~xfm.fusion.XFM`)
+    and never call the model: encoder passes and heads go through the context, which runs each
+    of them at most once per batch.
     """
 
     name: ClassVar[str] = ""
     sources: ClassVar[tuple[str, ...]] = ()
+    losses: ClassVar[tuple[str, ...]] = ()
+    stage: ClassVar[Stage] = Stage.MAIN
 
-    def __call__(self, model: XFM, ctx: BatchContext) -> dict[str, torch.Tensor]:
+    def __call__(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
+        """``{loss_name: scalar}`` for every name of :attr:`losses`."""
         raise NotImplementedError
 
     def check_source(self, source: str) -> None:
@@ -50,3 +83,21 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     if not bool(valid.any()):
         return logits.sum() * 0.0
     return torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100)
+
+
+def gather_masked(
+    states: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """States and labels of the valid masked slots only (sparse MLM head input).
+
+    Args:
+        states: ``[B, T, D]``.
+        positions: ``[B, M]`` masked positions (padded slots arbitrary).
+        labels: ``[B, M]`` labels, -100 at padded slots.
+
+    Returns:
+        ``([K, D], [K])`` for the ``K`` valid slots, in row-major slot order.
+    """
+    valid = labels != -100
+    rows = torch.arange(states.shape[0], device=states.device)[:, None].expand_as(positions)
+    return states[rows[valid], positions[valid].long()], labels[valid]

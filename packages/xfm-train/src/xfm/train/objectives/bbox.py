@@ -6,10 +6,9 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from xfm.train.objectives.base import Objective
+from xfm.train.objectives.base import Objective, Stage
 
 if TYPE_CHECKING:
-    from xfm.fusion.model import XFM
     from xfm.train.objectives.context import BatchContext
 
 __all__ = ["BBox", "bbox_losses"]
@@ -60,9 +59,10 @@ class BBox(Objective):
 
     name: ClassVar[str] = "bbox"
     sources: ClassVar[tuple[str, ...]] = ("region",)
+    losses: ClassVar[tuple[str, ...]] = ("bbox", "giou")
+    stage: ClassVar[Stage] = Stage.MAIN
 
-    def __call__(self, model: XFM, ctx: BatchContext) -> dict[str, torch.Tensor]:
-        fused = model.fuse(ctx.text(), ctx.text_mask, image_kv=ctx.full_kv())
-        pred = model.predict_bbox(fused)
-        l1, giou = bbox_losses(pred, ctx._need("box"), ctx.is_image)
+    def __call__(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
+        batch = ctx.batch
+        l1, giou = bbox_losses(ctx.bbox_pred(), batch.box, batch.is_image)
         return {"bbox": l1, "giou": giou}

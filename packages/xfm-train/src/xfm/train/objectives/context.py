@@ -1,9 +1,11 @@
-"""Lazily computed, shared states of one batch: every encoder pass runs at most once.
+"""One typed batch plus its lazily computed encoder outputs: every model pass runs at most once.
 
 One image-text batch needs the unmasked vision output for ITC, ITM, fusion MLM and as the
 MIM target, the caption states for ITC and ITM, and the per-layer cross-attention keys/values
 of its images for every fusion pass (positives, hard negatives, MLM). :class:`BatchContext`
-computes each of them on first use and hands the same tensor to every objective.
+holds the typed batch of :mod:`xfm.train.data.batches` as it is (no second schema), computes
+each of these on first use and hands the same tensor to every objective. It is the only caller
+of the model's encoder passes and heads; objectives read its outputs and the batch's targets.
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from xfm.train.data.batches import BATCH_TYPES, Batch
+from xfm.train.objectives.base import gather_masked
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from xfm.fusion.model import XFM
 
 __all__ = ["BatchContext"]
@@ -21,24 +28,14 @@ ImageKV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class BatchContext:
-    """Inputs of one batch plus cached encoder outputs.
+    """The typed batch of one source plus cached encoder outputs.
 
     Args:
         model: the (unwrapped) :class:`~xfm.fusion.XFM`.
         source: ``"text"``, ``"image_text"``, ``"region"`` or ``"image"``.
-        image: ``[Bi, 3, H, W]`` images.
-        image_mask: ``[Bi, N]`` bool MIM mask (True = masked patch).
-        text_ids, text_mask: ``[B, T]`` caption ids and attention mask.
-        masked_ids: ``[B, T]`` caption ids after MLM masking.
-        masked_pos, masked_labels: ``[B, M]`` masked positions and their labels (-100 pad).
-        mlm_labels: ``[B, T]`` dense MLM labels (text source; -100 where not masked).
-        ids: ``[B]`` sample ids for id-aware ITC / ITM negatives (same id = positive).
-        group: ``[B]`` index of each text's image in ``image`` (region data; default
-            ``arange(B)``).
-        region_mask: ``[B, N]`` or ``[B, 1+N]`` patches inside each text's region.
-        box: ``[B, 4]`` target boxes ``(cx, cy, w, h)`` in [0, 1].
-        is_image: ``[B]`` 1 where the text describes the whole image (no box loss).
-        generator: random generator of the hard-negative sampling.
+        batch: the batch of that source (:class:`~xfm.train.data.batches.TextBatch`,
+            ``ImageTextBatch``, ``RegionBatch`` or ``ImageBatch``), already on the device.
+        generator: random generator of the ITM hard-negative sampling.
         negatives: fixed ``(neg_image_idx, neg_text_idx)`` ``[B]`` instead of sampling.
     """
 
@@ -46,103 +43,35 @@ class BatchContext:
         self,
         model: XFM,
         source: str,
+        batch: Batch,
         *,
-        image: torch.Tensor | None = None,
-        image_mask: torch.Tensor | None = None,
-        text_ids: torch.Tensor | None = None,
-        text_mask: torch.Tensor | None = None,
-        masked_ids: torch.Tensor | None = None,
-        masked_pos: torch.Tensor | None = None,
-        masked_labels: torch.Tensor | None = None,
-        mlm_labels: torch.Tensor | None = None,
-        ids: torch.Tensor | None = None,
-        group: torch.Tensor | None = None,
-        region_mask: torch.Tensor | None = None,
-        box: torch.Tensor | None = None,
-        is_image: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
+        expected = BATCH_TYPES.get(source)
+        if expected is None:
+            raise ValueError(
+                f"unknown source {source!r}; expected text, image_text, region or image"
+            )
+        if not isinstance(batch, expected):
+            raise TypeError(
+                f"a {source!r} context needs a {expected.__name__}; got {type(batch).__name__}"
+            )
         self.model = model
         self.source = source
-        self.image = image
-        self.image_mask = image_mask
-        self.text_ids = text_ids
-        self.text_mask = text_mask
-        self.masked_ids = masked_ids
-        self.masked_pos = masked_pos
-        self.masked_labels = masked_labels
-        self.mlm_labels = mlm_labels
-        self.ids = ids
-        self.group = group
-        if region_mask is not None and image is not None:
-            n = region_mask.shape[1]
-            if text_ids is not None and region_mask.shape[0] != text_ids.shape[0]:
-                raise ValueError(
-                    f"region_mask has {region_mask.shape[0]} rows but there are "
-                    f"{text_ids.shape[0]} texts"
-                )
-            if n == self._num_patches(image):
-                ones = region_mask.new_ones((region_mask.shape[0], 1))
-                region_mask = torch.cat([ones, region_mask], dim=1)
-        self.region_mask = region_mask
-        self.box = box
-        self.is_image = is_image
+        self.batch = batch
         self.generator = generator
         self.negatives = negatives
         self._cache: dict[str, Any] = {}
 
-    def _num_patches(self, image: torch.Tensor) -> int:
-        cfg = getattr(self.model.vision_encoder, "config", None)
-        patch = int(getattr(cfg, "patch_size", 16))
-        return (image.shape[-2] // patch) * (image.shape[-1] // patch)
-
-    @classmethod
-    def from_batch(
-        cls,
-        model: XFM,
-        source: str,
-        batch: Any,
-        generator: torch.Generator | None = None,
-        id_aware: bool = True,
-    ) -> BatchContext:
-        """Build the context of a typed batch of :mod:`xfm.train.data` (already on device)."""
-        if source == "text":
-            return cls(
-                model,
-                source,
-                text_ids=batch.mlm_input_ids,
-                text_mask=batch.attention_mask,
-                masked_ids=batch.mlm_input_ids,
-                mlm_labels=batch.mlm_labels,
-            )
-        if source == "image":
-            return cls(model, source, image=batch.image, image_mask=batch.image_mask)
-        common: dict[str, Any] = {
-            "image": batch.image,
-            "image_mask": batch.image_mask,
-            "text_ids": batch.text_ids,
-            "text_mask": batch.text_mask,
-            "masked_ids": batch.masked_ids,
-            "masked_pos": batch.masked_pos,
-            "masked_labels": batch.masked_labels,
-            "generator": generator,
-        }
-        if source == "image_text":
-            ids = batch.image_index if id_aware else None
-            return cls(model, source, ids=ids, **common)
-        if source == "region":
-            return cls(model, source, region_mask=batch.region_patch_mask, box=batch.box, **common)
-        raise ValueError(f"unknown source {source!r}; expected text, image_text, region or image")
-
     # ----------------------------------------------------------------------- helpers
-    def _need(self, name: str) -> Any:
-        value = getattr(self, name)
+    def _field(self, name: str) -> Any:
+        value = getattr(self.batch, name, None)
         if value is None:
             raise ValueError(f"this {self.source!r} batch has no {name!r}, which is needed here")
         return value
 
-    def _cached(self, key: str, fn: Any) -> Any:
+    def _cached(self, key: str, fn: Callable[[], Any]) -> Any:
         if key not in self._cache:
             self._cache[key] = fn()
         return self._cache[key]
@@ -152,21 +81,76 @@ class BatchContext:
         """True when the fusion encoder consumes detached language states (stop gradient)."""
         return bool(self.model.config.stop_gradient)
 
+    @property
+    def temp(self) -> torch.Tensor:
+        """The model's ITC temperature (scalar parameter)."""
+        return self.model.temp
+
+    @property
+    def sample_ids(self) -> torch.Tensor | None:
+        """``[B]`` sample ids for id-aware ITC / ITM negatives (equal id = positive pair).
+
+        The image ids of image-text batches (captions of one image are positives); ``None``
+        for region batches (regions of one image are distinct pairs).
+        """
+        if self.source == "image_text":
+            return self.batch.image_index
+        return None
+
+    @property
+    def text_mask(self) -> torch.Tensor:
+        """``[B, T]`` attention mask of the captions (or of the text of text batches)."""
+        if self.source == "text":
+            return self.batch.attention_mask
+        return self._field("text_mask")
+
     # ----------------------------------------------------------------------- vision
+    def _num_patches(self, image: torch.Tensor) -> int:
+        cfg = getattr(self.model.vision_encoder, "config", None)
+        patch = int(getattr(cfg, "patch_size", 16))
+        return (image.shape[-2] // patch) * (image.shape[-1] // patch)
+
     def has_vision(self) -> bool:
         """Whether the unmasked vision output was already computed (with gradient)."""
         return "vision" in self._cache
 
     def vision(self) -> torch.Tensor:
         """Unmasked vision states ``[Bi, 1+N, Dv]`` (with gradient)."""
-        return self._cached("vision", lambda: self.model.encode_image(self._need("image")))
+        return self._cached("vision", lambda: self.model.encode_image(self._field("image")))
+
+    def group(self) -> torch.Tensor | None:
+        """``[B]`` row of ``image`` for each text (region batches whose regions share images)."""
+        return getattr(self.batch, "image_row", None)
 
     def group_index(self) -> torch.Tensor:
         """``[B]`` image row of each text."""
-        if self.group is not None:
-            return self.group.long()
-        n = self._need("text_ids").shape[0]
-        return torch.arange(n, device=self._need("image").device)
+        group = self.group()
+        if group is not None:
+            return group.long()
+        n = self._field("text_ids").shape[0]
+        return torch.arange(n, device=self._field("image").device)
+
+    def pair_vision_mask(self) -> torch.Tensor | None:
+        """Cross-attention mask ``[B, 1+N]`` of :meth:`pair_vision` (None: all visible).
+
+        Region batches: the patches inside each region, with the CLS column prepended when the
+        batch gives ``[B, N]``.
+        """
+        if self.source != "region":
+            return None
+
+        def compute() -> torch.Tensor:
+            mask = self._field("region_patch_mask")
+            texts = self._field("text_ids").shape[0]
+            if mask.shape[0] != texts:
+                raise ValueError(
+                    f"region_mask has {mask.shape[0]} rows but there are {texts} texts"
+                )
+            if mask.shape[1] == self._num_patches(self._field("image")):
+                mask = torch.cat([mask.new_ones((mask.shape[0], 1)), mask], dim=1)
+            return mask
+
+        return self._cached("region_mask", compute)
 
     def pair_vision(self) -> torch.Tensor:
         """Image states of each pair ``[B, 1+N, Dv]``: the image, or its region (region data).
@@ -177,17 +161,14 @@ class BatchContext:
 
         def compute() -> torch.Tensor:
             vision = self.vision()
-            if self.region_mask is None:
-                if self.group is None:
+            region_mask = self.pair_vision_mask()
+            if region_mask is None:
+                if self.group() is None:
                     return vision
                 return vision[self.group_index()]
-            return self.model.region_vision_states(vision, self.group_index(), self.region_mask)
+            return self.model.region_vision_states(vision, self.group_index(), region_mask)
 
         return self._cached("pair_vision", compute)
-
-    def pair_vision_mask(self) -> torch.Tensor | None:
-        """Cross-attention mask ``[B, 1+N]`` of :meth:`pair_vision` (None: all visible)."""
-        return self.region_mask
 
     def pair_kv(self) -> ImageKV:
         """Per-layer fusion cross-attention K/V of :meth:`pair_vision` (computed once)."""
@@ -197,12 +178,12 @@ class BatchContext:
         """Per-layer K/V of the full images ``vision()[group]`` (bbox; region data)."""
 
         def compute() -> ImageKV:
-            if self.region_mask is None and self.group is None:
+            if self.pair_vision_mask() is None and self.group() is None:
                 return self.pair_kv()
             kv = self.model.fusion_image_kv(self.vision())
-            idx = self.group_index()
-            if self.group is None:
+            if self.group() is None:
                 return kv
+            idx = self.group_index()
             return [(k[idx], v[idx]) for k, v in kv]
 
         return self._cached("full_kv", compute)
@@ -211,7 +192,7 @@ class BatchContext:
         """Vision states of the MIM-masked images ``[Bi, 1+N, Dv]``."""
         return self._cached(
             "masked_vision",
-            lambda: self.model.encode_masked_image(self._need("image"), self._need("image_mask")),
+            lambda: self.model.encode_masked_image(self._field("image"), self._field("image_mask")),
         )
 
     def mim_target(self) -> torch.Tensor:
@@ -222,7 +203,7 @@ class BatchContext:
         """
 
         def compute() -> torch.Tensor:
-            image = self._need("image")
+            image = self._field("image")
             if not self.model.config.vision_guidance:
                 return self.model.mim_target(image, image)
             if self.has_vision():
@@ -239,7 +220,7 @@ class BatchContext:
         """Caption states ``[B, T, Dt]`` (with gradient)."""
         return self._cached(
             "text",
-            lambda: self.model.encode_text(self._need("text_ids"), self._need("text_mask")),
+            lambda: self.model.encode_text(self._field("text_ids"), self.text_mask),
         )
 
     def masked_text(self) -> torch.Tensor:
@@ -250,7 +231,7 @@ class BatchContext:
         """
 
         def compute() -> torch.Tensor:
-            ids, mask = self._need("masked_ids"), self._need("text_mask")
+            ids, mask = self._field("masked_ids"), self.text_mask
             if self.text_detached:
                 with torch.no_grad():
                     return self.model.encode_text(ids, mask)
@@ -258,7 +239,74 @@ class BatchContext:
 
         return self._cached("masked_text", compute)
 
-    # -------------------------------------------------------------------------- ITC
+    # ------------------------------------------------------------------------ heads
     def itc_features(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised ``[B, E]`` image (pair) and text features."""
         return self._cached("itc", lambda: self.model.itc_features(self.pair_vision(), self.text()))
+
+    def itm_logits(self, neg_image: torch.Tensor, neg_text: torch.Tensor) -> torch.Tensor:
+        """Match logits ``[3B, 2]`` of B positives, B (text, ``neg_image``) and B
+        (``neg_text``, image) pairs; ``neg_image`` / ``neg_text`` ``[B]`` are row indices.
+
+        Three fusion passes over the pair keys/values computed once (no 3B copy of every
+        layer's K/V).
+        """
+        text, mask = self.text(), self.text_mask
+        kv = self.pair_kv()
+        img_mask = self.pair_vision_mask()
+        neg_kv = [(k[neg_image], v[neg_image]) for k, v in kv]
+        neg_mask = None if img_mask is None else img_mask[neg_image]
+        fuse = self.model.fuse
+        fused = torch.cat(
+            [
+                fuse(text, mask, image_mask=img_mask, image_kv=kv)[:, :1],
+                fuse(text, mask, image_mask=neg_mask, image_kv=neg_kv)[:, :1],
+                fuse(text[neg_text], mask[neg_text], image_mask=img_mask, image_kv=kv)[:, :1],
+            ]
+        )
+        return self.model.itm_logits(fused)
+
+    def fusion_mlm_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fusion MLM logits ``[K, V]`` at the ``K`` valid masked caption slots and their
+        labels ``[K]`` (masked caption -> language encoder -> fusion with the pair image)."""
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            fused = self.model.fuse(
+                self.masked_text(),
+                self.text_mask,
+                image_mask=self.pair_vision_mask(),
+                image_kv=self.pair_kv(),
+            )
+            rows, labels = gather_masked(
+                fused, self._field("masked_pos"), self._field("masked_labels")
+            )
+            return self.model.fusion_mlm_head(rows), labels
+
+        return self._cached("fusion_mlm", compute)
+
+    def text_mlm_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text MLM logits ``[K, V]`` of the language encoder alone at the ``K`` masked tokens
+        of a text batch, and their labels ``[K]`` (dense ``mlm_labels``, or the sparse
+        ``masked_pos`` / ``masked_labels`` when the batch has them)."""
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            batch = self.batch
+            states = self.model.encode_text(self._field("mlm_input_ids"), self.text_mask)
+            if getattr(batch, "masked_pos", None) is not None:
+                rows, labels = gather_masked(states, batch.masked_pos, self._field("masked_labels"))
+            else:
+                valid = batch.mlm_labels != -100
+                rows, labels = states[valid], batch.mlm_labels[valid]
+            return self.model.text_mlm_head(rows), labels
+
+        return self._cached("text_mlm", compute)
+
+    def bbox_pred(self) -> torch.Tensor:
+        """Predicted region boxes ``[B, 4]`` ``(cx, cy, w, h)`` from the fusion CLS of (full
+        image, region caption); the caption states are detached under stop gradient."""
+        return self._cached(
+            "bbox",
+            lambda: self.model.predict_bbox(
+                self.model.fuse(self.text(), self.text_mask, image_kv=self.full_kv())
+            ),
+        )

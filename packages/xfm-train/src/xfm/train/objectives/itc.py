@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from xfm.train.distributed import all_gather_no_grad, all_gather_with_grad
-from xfm.train.objectives.base import Objective
+from xfm.train.objectives.base import Objective, Stage
 
 if TYPE_CHECKING:
-    from xfm.fusion.model import XFM
     from xfm.train.objectives.context import BatchContext
 
 __all__ = ["ITC", "itc_loss"]
@@ -69,12 +68,14 @@ class ITC(Objective):
 
     name: ClassVar[str] = "itc"
     sources: ClassVar[tuple[str, ...]] = ("image_text", "region")
+    losses: ClassVar[tuple[str, ...]] = ("itc",)
+    stage: ClassVar[Stage] = Stage.MAIN
 
     def __init__(self, gather: bool = True, id_aware: bool = True) -> None:
         self.gather = gather
         self.id_aware = id_aware
 
-    def __call__(self, model: XFM, ctx: BatchContext) -> dict[str, torch.Tensor]:
+    def __call__(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
         image_feat, text_feat = ctx.itc_features()
-        ids = ctx.ids if self.id_aware else None
-        return {"itc": itc_loss(image_feat, text_feat, model.temp, ids, self.gather)}
+        ids = ctx.sample_ids if self.id_aware else None
+        return {"itc": itc_loss(image_feat, text_feat, ctx.temp, ids, self.gather)}

@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 
-from xfm.train.objectives.base import Objective
+from xfm.train.objectives.base import Objective, Stage
 
 if TYPE_CHECKING:
-    from xfm.fusion.model import XFM
     from xfm.train.objectives.context import BatchContext
 
 __all__ = ["MIM", "mim_loss"]
@@ -41,11 +40,16 @@ class MIM(Objective):
     """MIM: the masked image's outputs at masked patches and position 0 regress to the
     target (the model's own unmasked outputs, detached, with vision guidance; a frozen
     teacher otherwise). Returns ``{"mim": loss}``.
+
+    Runs in :attr:`Stage.REUSE`: its vision-guided target is the main stage's unmasked vision
+    output, detached.
     """
 
     name: ClassVar[str] = "mim"
     sources: ClassVar[tuple[str, ...]] = ("image_text", "image")
+    losses: ClassVar[tuple[str, ...]] = ("mim",)
+    stage: ClassVar[Stage] = Stage.REUSE
 
-    def __call__(self, model: XFM, ctx: BatchContext) -> dict[str, torch.Tensor]:
+    def __call__(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
         target = ctx.mim_target()
-        return {"mim": mim_loss(ctx.masked_vision(), target, ctx._need("image_mask"))}
+        return {"mim": mim_loss(ctx.masked_vision(), target, ctx.batch.image_mask)}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from xfm.fusion.check_official import LOSS_OUTPUTS
+from xfm.train.data.batches import ImageTextBatch, RegionBatch, TextBatch
 from xfm.train.objectives.bbox import BBox, bbox_losses
 from xfm.train.objectives.context import BatchContext
 from xfm.train.objectives.itc import ITC
@@ -22,11 +23,57 @@ from xfm.train.objectives.mlm import FusionMLM, TextMLM
 if TYPE_CHECKING:
     from xfm.fusion.model import XFM
 
-__all__ = ["GOLDEN_LOSS_KEYS", "golden_losses"]
+__all__ = ["GOLDEN_LOSS_KEYS", "golden_batches", "golden_losses"]
 
 #: The loss entries of a pretraining golden ``outputs.safetensors`` (one list, owned by
 #: ``xfm check-official``).
 GOLDEN_LOSS_KEYS: tuple[str, ...] = LOSS_OUTPUTS
+
+
+def golden_batches(
+    inputs: dict[str, torch.Tensor],
+) -> tuple[ImageTextBatch, TextBatch, RegionBatch]:
+    """The typed image-text, text and region batches of golden ``inputs`` (official names).
+
+    ``B`` = rows of ``text_ids``; the region batch keeps the official layout: ``Bi`` images
+    with ``idx_to_group_img`` as :attr:`RegionBatch.image_row`, the ``[B, 1+N]``
+    ``region_image_atts`` and ``is_image``; the text batch carries the sparse
+    ``masked_pos`` / ``masked_ids`` labels.
+    """
+    b = inputs["text_ids"].shape[0]
+    common = {"index": torch.arange(b), "keys": [str(i) for i in range(b)]}
+    caption = {
+        "text_ids": inputs["text_ids"],
+        "text_mask": inputs["text_atts"],
+        "masked_ids": inputs["masked_text_ids"],
+        "masked_pos": inputs["masked_pos"],
+        "masked_labels": inputs["masked_ids"],
+    }
+    pair = ImageTextBatch(
+        **common,
+        **caption,
+        image=inputs["image"],
+        image_mask=inputs["image_mask"],
+        image_index=torch.arange(b, device=inputs["image"].device),
+    )
+    text = TextBatch(
+        **common,
+        input_ids=inputs["text_ids"],
+        attention_mask=inputs["text_atts"],
+        mlm_input_ids=inputs["masked_text_ids"],
+        masked_pos=inputs["masked_pos"],
+        masked_labels=inputs["masked_ids"],
+    )
+    region = RegionBatch(
+        **common,
+        **caption,
+        image=inputs["image"],
+        image_row=inputs["idx_to_group_img"],
+        region_patch_mask=inputs["region_image_atts"],
+        box=inputs["target_bbox"],
+        is_image=inputs["is_image"],
+    )
+    return pair, text, region
 
 
 def golden_losses(model: XFM, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -40,51 +87,25 @@ def golden_losses(model: XFM, inputs: dict[str, torch.Tensor]) -> dict[str, torc
     """
     model.clamp_temp()
     negatives = (inputs["neg_image_idx"].long(), inputs["neg_text_idx"].long())
-    caption = {
-        "text_ids": inputs["text_ids"],
-        "text_mask": inputs["text_atts"],
-        "masked_ids": inputs["masked_text_ids"],
-        "masked_pos": inputs["masked_pos"],
-        "masked_labels": inputs["masked_ids"],
-        "negatives": negatives,
-    }
+    pair_batch, text_batch, region_batch = golden_batches(inputs)
     out: dict[str, torch.Tensor] = {}
 
-    pair = BatchContext(
-        model, "image_text", image=inputs["image"], image_mask=inputs["image_mask"], **caption
-    )
-    out["loss_itc"] = ITC(gather=False, id_aware=False)(model, pair)["itc"]
-    out["loss_itm"] = ITM(id_aware=False)(model, pair)["itm"]
-    out["loss_mlm"] = FusionMLM()(model, pair)["fusion_mlm"]
-    out["loss_mim"] = MIM()(model, pair)["mim"]
+    pair = BatchContext(model, "image_text", pair_batch, negatives=negatives)
+    out["loss_itc"] = ITC(gather=False, id_aware=False)(pair)["itc"]
+    out["loss_itm"] = ITM(id_aware=False)(pair)["itm"]
+    out["loss_mlm"] = FusionMLM()(pair)["fusion_mlm"]
+    out["loss_mim"] = MIM()(pair)["mim"]
 
-    text = BatchContext(
-        model,
-        "text",
-        masked_ids=inputs["masked_text_ids"],
-        text_mask=inputs["text_atts"],
-        masked_pos=inputs["masked_pos"],
-        masked_labels=inputs["masked_ids"],
-    )
-    out["loss_text_mlm"] = TextMLM()(model, text)["text_mlm"]
+    text = BatchContext(model, "text", text_batch)
+    out["loss_text_mlm"] = TextMLM()(text)["text_mlm"]
 
-    region = BatchContext(
-        model,
-        "region",
-        image=inputs["image"],
-        group=inputs["idx_to_group_img"],
-        region_mask=inputs["region_image_atts"],
-        box=inputs["target_bbox"],
-        is_image=inputs["is_image"],
-        **caption,
-    )
-    out["region_loss_itc"] = ITC(gather=False, id_aware=False)(model, region)["itc"]
-    out["region_loss_itm"] = ITM(id_aware=False)(model, region)["itm"]
-    out["region_loss_mlm"] = FusionMLM()(model, region)["fusion_mlm"]
+    region = BatchContext(model, "region", region_batch, negatives=negatives)
+    out["region_loss_itc"] = ITC(gather=False, id_aware=False)(region)["itc"]
+    out["region_loss_itm"] = ITM(id_aware=False)(region)["itm"]
+    out["region_loss_mlm"] = FusionMLM()(region)["fusion_mlm"]
     out["region_loss_mim"] = torch.zeros((), device=inputs["image"].device)
-    boxes = BBox()(model, region)
+    boxes = BBox()(region)
     out["loss_bbox"], out["loss_giou"] = boxes["bbox"], boxes["giou"]
-    fused = model.fuse(region.text(), region.text_mask, image_kv=region.full_kv())
-    l1, giou = bbox_losses(model.predict_bbox(fused), inputs["target_bbox"], None)
+    l1, giou = bbox_losses(region.bbox_pred(), inputs["target_bbox"], None)
     out["loss_bbox_no_is_image"], out["loss_giou_no_is_image"] = l1, giou
     return out
