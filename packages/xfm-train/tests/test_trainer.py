@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import subprocess
@@ -17,9 +19,10 @@ from xfm.core.checkpoint import CheckpointError
 from xfm.core.config import load_config
 from xfm.train.checkpointing import latest_checkpoint, load_training_state
 from xfm.train.config import PretrainConfig
+from xfm.train.engine.run_dir import RunFolderError
 from xfm.train.metrics import read_metrics
 from xfm.train.optim import lr_lambda, param_groups
-from xfm.train.trainer import Trainer
+from xfm.train.trainer import Trainer, trend
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -79,6 +82,13 @@ def tiny_config(synth: Path, run_dir: Path, **top) -> dict:
     }
     cfg.update(top)
     return cfg
+
+
+def held_out_images(synth: Path) -> int:
+    """Distinct images of the held-out split, as retrieval counts them (scenes that every
+    caption describes alike share an ``image_id``)."""
+    items = json.loads((synth / "annotations" / "test.json").read_text())
+    return len({item["image_id"] for item in items})
 
 
 def write_config(path: Path, cfg: dict) -> Path:
@@ -200,7 +210,8 @@ def test_pretrain_outputs_and_exact_resume(synth_dir: Path, tmp_path: Path) -> N
     weights = load_file(str(ckpts / "model.safetensors"))
     state = trainer.model.state_dict()
     assert torch.equal(weights["vision_proj.weight"], state["vision_proj.weight"])
-    assert summary["retrieval"] is not None and summary["retrieval"]["images"] == 16
+    assert summary["retrieval"] is not None
+    assert summary["retrieval"]["images"] == held_out_images(synth_dir)
     evals = [r for r in read_metrics(run / "metrics.csv") if "eval/tr@1" in r]
     assert [int(r["step"]) for r in evals] == [4, 8]
 
@@ -304,8 +315,10 @@ def test_resume_without_checkpoint_is_a_clear_error(synth_dir: Path, tmp_path: P
 def test_foreign_file_is_not_a_training_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "x.pt"
     torch.save({"model": {}}, path)
-    with pytest.raises(CheckpointError, match="not an xfm training checkpoint"):
+    with pytest.raises(CheckpointError, match="has no manifest"):
         load_training_state(str(path))
+    with pytest.raises(CheckpointError, match="not an xfm training checkpoint"):
+        load_training_state(str(path), verify=False)
 
 
 # -------------------------------------------------------------------------- ablations
@@ -388,7 +401,8 @@ def test_checkpoints_on_object_stores_resume_exactly(
 
     fs, path = resolve(url)
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
-    assert names == ["latest", "model.safetensors", "step_00000004.pt"]  # pruned, no temp files
+    # pruned (with its manifest), no temp files
+    assert names == ["latest", "model.safetensors", "step_00000004.json", "step_00000004.pt"]
     assert loss_rows(tmp_path / "remote") == loss_rows(tmp_path / "ref")
 
 
@@ -427,3 +441,102 @@ def test_retrieval_metrics_by_hand() -> None:
     # t1: image 0 best -> 0; t2: image 2 (0.7) > image 1 (0.3) -> 1; t3: 0.5, 0.2 > 0.1 -> 2
     assert m["ir@1"] == pytest.approx(25.0) and m["ir@2"] == pytest.approx(50.0)
     assert m["chance@1"] == pytest.approx(100 / 3)
+
+
+def test_trainer_gives_new_parameters_their_lr_multiplier(synth_dir: Path, tmp_path: Path) -> None:
+    """The optimizer groups of a real run: the heads and projections new to pretraining get
+    ``lr * new_param_lr_mult`` (the patterns name model parameters, not the loss wrapper's)."""
+    cfg = tiny_config(synth_dir, tmp_path / "run")
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    config = load_config(PretrainConfig, path, ["optim.new_param_lr_mult=3.0"])
+    trainer = Trainer(config, print_fn=lambda _: None)
+    try:
+        trainer.setup()
+        lr_of = {id(p): g["lr"] for g in trainer.engine.optimizer.param_groups for p in g["params"]}
+        model = trainer.model
+        for p in [model.vision_proj.weight, model.itm_head[0].weight, model.temp]:
+            assert lr_of[id(p)] == pytest.approx(3.0 * 1e-3 * 0.5), "new parameter"
+        for p in [model.text_encoder.embeddings.word.weight, model.vision_encoder.cls_token]:
+            assert lr_of[id(p)] == pytest.approx(1e-3 * 0.5), "pretrained parameter"
+    finally:
+        trainer.close()
+
+
+# ------------------------------------------------------------- the run folder is never lost
+def _files(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def run_cfg(synth_dir: Path, tmp_path: Path) -> dict:
+    cfg = tiny_config(synth_dir, tmp_path / "run", steps=4, eval={"every": 0, "at_end": False})
+    cfg["log"] = {"progress": False, "tensorboard": False, "plot": False}
+    return cfg
+
+
+def test_an_earlier_run_is_refused_then_replaced_with_overwrite(
+    run_cfg: dict, tmp_path: Path
+) -> None:
+    cfg, run = run_cfg, tmp_path / "run"
+    run_trainer(cfg, tmp_path)  # checkpoints at steps 2 and 4
+    before = _files(run)
+    assert "checkpoints/step_00000004.pt" in before
+    with pytest.raises(RunFolderError, match=r"already holds a run .*--resume.*--overwrite"):
+        run_trainer(cfg, tmp_path)
+    assert _files(run) == before  # nothing touched
+
+    path = write_config(tmp_path / "again.yaml", {**cfg, "steps": 2})
+    trainer = Trainer(load_config(PretrainConfig, path), print_fn=lambda _: None, overwrite=True)
+    try:
+        trainer.setup()
+        trainer.fit()
+    finally:
+        trainer.close()
+    after = _files(run)
+    assert "checkpoints/step_00000004.pt" not in after  # the old run's checkpoint is gone
+    assert "checkpoints/step_00000002.pt" in after
+    assert [r["step"] for r in read_metrics(run / "metrics.csv")] == [1.0, 2.0]
+
+
+def test_resuming_a_finished_run_changes_nothing(run_cfg: dict, tmp_path: Path) -> None:
+    cfg, run = run_cfg, tmp_path / "run"
+    run_trainer(cfg, tmp_path)
+    before = _files(run)
+    _, summary = run_trainer(cfg, tmp_path, resume=True)
+    assert summary["finished"] is True and summary["steps"] == 4
+    assert _files(run) == before  # no duplicate metrics row, no new checkpoint or export
+
+
+def test_trend_words() -> None:
+    assert trend("image_text/itc", 3.4, 1.5) == "down"
+    assert trend("image_text/itc", 3.4, 3.38) == "flat"
+    assert trend("loss", 1.0, 1.5) == "NOT down"
+    assert trend("loss", 1.0, math.nan) == "NOT down"
+    assert trend("image_text/itm", 0.643, 0.635) == "at prior: learnt nothing"
+    assert trend("region/itm", 0.75, 0.49) == "down"
+
+
+def test_init_from_that_does_not_fit_is_refused_unless_init_strict_false() -> None:
+    from torch import nn
+
+    from xfm.core.checkpoint import load_into
+    from xfm.train.init_check import check_init
+
+    def model(width: int) -> nn.Module:
+        return nn.ModuleDict(
+            {"enc": nn.Linear(4, width), "out": nn.Linear(width, 2), "itm_head": nn.Linear(2, 2)}
+        )
+
+    source = {k: v for k, v in model(8).state_dict().items() if not k.startswith("itm_head.")}
+    fits = load_into(model(8), source, strict=False)  # only a head new by design is missing
+    line = check_init(fits, "ckpt", new_params=[r"^itm_head\."])
+    assert line.startswith("4 tensors loaded, 2 new by design")
+    with pytest.raises(CheckpointError, match=r"missing from the checkpoint \(2 keys\)"):
+        check_init(fits, "ckpt")  # the head is not declared new
+    other = load_into(model(16), source, strict=False)
+    with pytest.raises(CheckpointError) as err:
+        check_init(other, "runs/tiny/model.safetensors", new_params=[r"^itm_head\."])
+    text = str(err.value)
+    assert "different shapes (3 keys)" in text and "init_strict: false" in text
+    assert "runs/tiny/model.safetensors" in text
+    assert "with a different shape" in check_init(other, "x", strict=False)

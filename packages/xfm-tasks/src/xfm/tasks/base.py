@@ -22,13 +22,20 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
+from pydantic import AfterValidator
 from torch import nn
 
 from xfm.fusion.model import XFM, XFMConfig
-from xfm.train.config import OptimSection
+from xfm.tasks.task_options import check_task_model, check_task_name, check_task_options
+from xfm.train.config import (
+    NonNegativeInt,
+    OptimSection,
+    PositiveInt,
+    check_synth,
+)
 
 __all__ = [
     "EVAL_TRANSFORMS",
@@ -38,7 +45,9 @@ __all__ = [
     "TaskDataSection",
     "TaskModel",
     "TrainSection",
+    "collect_outputs",
     "get_task",
+    "move_to",
     "xfm_config",
 ]
 
@@ -129,6 +138,53 @@ def eval_autocast(
     return autocast() if autocast else torch.autocast(device.type, enabled=False)
 
 
+def move_to(batch: Any, device: torch.device) -> Any:
+    """``batch`` (tensor / dict / list / tuple of them) on ``device``; other values as is."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+@torch.no_grad()
+def collect_outputs(
+    data: TaskData,
+    step: Callable[[Any], Mapping[str, torch.Tensor]],
+    *,
+    batch_size: int,
+    device: torch.device,
+    autocast: Callable[[], Any] | None = None,
+    progress: bool = False,
+    desc: str = "eval",
+    shard: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The evaluation loop of a task: ``step(batch)`` on every batch of ``data``, each output
+    concatenated over the batches (dim 0).
+
+    Batches are moved to ``device``; ``step`` runs without gradient under the evaluation
+    autocast (:func:`eval_autocast`). ``shard``: under torchrun each rank reads its part of
+    the data (:meth:`TaskData.loader`) and the outputs of all ranks are gathered, in rank order.
+    """
+    from tqdm import tqdm
+
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in tqdm(data.loader(batch_size, shard=shard), desc=desc, disable=not progress):
+        batch = move_to(batch, device)
+        with eval_autocast(autocast, device):
+            values = step(batch)
+        for key, value in values.items():
+            parts.setdefault(key, []).append(value)
+    out = {key: torch.cat(values) for key, values in parts.items()}
+    if shard:
+        from xfm.train.distributed import all_gather_no_grad
+
+        out = {key: torch.cat(all_gather_no_grad(value)) for key, value in out.items()}
+    return out
+
+
 @dataclass
 class TaskDataSection:
     """Where a task's data lives (the official annotation JSON formats).
@@ -149,19 +205,17 @@ class TaskDataSection:
     train: str = ""
     eval: dict[str, str] = field(default_factory=dict)
     tokenizer: str = "{synth}/tokenizer"
-    image_size: int = 64
-    max_tokens: int = 30
+    image_size: PositiveInt = 64
+    max_tokens: PositiveInt = 30
     augment: bool = False
-    synth: dict[str, Any] | None = None
-    num_workers: int = 0
+    synth: Annotated[dict[str, Any], AfterValidator(check_synth)] | None = None
+    num_workers: NonNegativeInt = 0
 
     def expand(self, path: str) -> str:
         """``path`` with ``{synth}`` replaced by the synthetic dataset folder."""
-        if "{synth}" not in path:
-            return path
-        if self.synth is None:
-            raise ValueError(f"data path {path!r} uses {{synth}} but data.synth is not set")
-        return path.replace("{synth}", str(self.synth.get("out", "data/synth")))
+        from xfm.train.synthetic import expand_synth
+
+        return expand_synth(path, self.synth)
 
 
 @dataclass
@@ -177,16 +231,21 @@ class TrainSection:
         eval_splits: splits evaluated during / after training (default: all of ``data.eval``).
         checkpoint_every: training checkpoint every this many steps (0: only at the end).
         keep: newest training checkpoints kept.
+        accumulate: micro-batches of ``batch_size`` per optimizer step (the gradient of a
+            mean-reduced loss is that of one ``accumulate * batch_size`` batch).
+        progress: show a progress bar (rank 0).
     """
 
-    steps: int = 200
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    log_every: int = 10
-    eval_every: int = 0
+    steps: PositiveInt = 200
+    batch_size: PositiveInt = 32
+    eval_batch_size: PositiveInt = 64
+    log_every: PositiveInt = 10
+    eval_every: NonNegativeInt = 0
     eval_splits: list[str] = field(default_factory=list)
-    checkpoint_every: int = 0
-    keep: int = 1
+    checkpoint_every: NonNegativeInt = 0
+    keep: NonNegativeInt = 1
+    accumulate: PositiveInt = 1
+    progress: bool = True
 
 
 @dataclass
@@ -198,23 +257,33 @@ class FinetuneConfig:
         run_dir: logs, metrics, checkpoints and ``model.safetensors``.
         seed: model init, data order, hard negatives.
         device: ``auto`` / ``cpu`` / ``cuda[:i]``.
-        precision: ``fp32`` or ``bf16`` (autocast).
+        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + scaler, CUDA).
         threads: ``torch.set_num_threads`` (``None``: leave).
         model: :class:`~xfm.fusion.XFMConfig` fields.
         init_from: weights to start from: an xfm ``.safetensors`` / run dir, or an official
             checkpoint (pretraining or task layout, ``.pth`` / ``.safetensors``).
+        init_strict: refuse an ``init_from`` whose tensors are missing (other than the
+            heads matching ``optim.new_params`` and a decoder initialised from the fusion
+            layers) or differently shaped; ``false`` starts those from scratch.
         options: task options (e.g. retrieval ``k_test``).
+
+    Every section is checked at load time (:mod:`xfm.train.config` and
+    :mod:`xfm.tasks.task_options`): the model section and encoder specs, the task name and its
+    options, ``data.synth``, and the bounds of counts and intervals.
     """
 
-    task: str = ""
+    task: Annotated[str, AfterValidator(check_task_name)] = ""
     run_dir: str = "runs/finetune"
     seed: int = 0
     device: str = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    threads: int | None = None
-    model: dict[str, Any] = field(default_factory=dict)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    threads: PositiveInt | None = None
+    model: Annotated[dict[str, Any], AfterValidator(check_task_model)] = field(default_factory=dict)
     init_from: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
+    init_strict: bool = True
+    options: Annotated[dict[str, Any], AfterValidator(check_task_options)] = field(
+        default_factory=dict
+    )
     data: TaskDataSection = field(default_factory=TaskDataSection)
     train: TrainSection = field(default_factory=TrainSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -232,6 +301,10 @@ class Task:
         default_options: defaults of ``options``.
         golden_names: ``task`` values of golden-format ``config.json`` files whose outputs
             :meth:`golden_outputs` reproduces (``xfm check-official DIR``).
+        model_sections: keys the task model accepts in the ``model`` section beyond
+            :class:`~xfm.fusion.XFMConfig`'s, each checked at load time against a dataclass.
+        options_class: optional dataclass whose fields are the task's options (checked at load
+            time; without it only the names of ``default_options`` are).
     """
 
     name: ClassVar[str] = ""
@@ -239,6 +312,8 @@ class Task:
     official_layout: ClassVar[str | None] = None
     default_options: ClassVar[dict[str, Any]] = {}
     golden_names: ClassVar[tuple[str, ...]] = ()
+    model_sections: ClassVar[dict[str, type]] = {}
+    options_class: ClassVar[type | None] = None
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.default_options))

@@ -7,7 +7,6 @@ first use: it pulls in the streaming library, which is slow to import).
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 from pathlib import Path
@@ -17,7 +16,6 @@ import torch
 
 __all__ = [
     "ImageReader",
-    "ensure_synthetic",
     "image_source",
     "read_annotations",
     "read_task_items",
@@ -108,20 +106,3 @@ def tokenize(
     """Token ids and attention mask ``[B, T]`` (padded to the longest, truncated)."""
     out = tokenizer(texts, max_tokens=max_tokens, padding="longest")
     return out.input_ids, out.attention_mask
-
-
-def ensure_synthetic(spec: dict[str, Any] | None, progress: bool = True) -> None:
-    """Build the shapes-world dataset described by ``spec`` (``out`` + SynthConfig fields)
-    unless its ``synth.json`` already exists."""
-    if spec is None:
-        return
-    from xfm.train.data.synth import SynthConfig, build_synthetic
-
-    out = Path(str(spec.get("out", "data/synth")))
-    if (out / "synth.json").is_file():
-        return
-    fields = {f.name for f in dataclasses.fields(SynthConfig)}
-    unknown = sorted(set(spec) - fields - {"out"})
-    if unknown:
-        raise ValueError(f"data.synth: unknown keys {unknown}; expected out and {sorted(fields)}")
-    build_synthetic(out, SynthConfig(**{k: v for k, v in spec.items() if k in fields}), progress)

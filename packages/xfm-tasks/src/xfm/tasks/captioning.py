@@ -32,6 +32,7 @@ from xfm.tasks.decoder import (
     decoder_state_from_pretrained,
     greedy_decode,
 )
+from xfm.train.engine import unwrap
 
 __all__ = ["CaptionModel", "CaptionSet", "CaptioningTask"]
 
@@ -148,6 +149,7 @@ class CaptioningTask(Task):
     name: ClassVar[str] = "captioning"
     metric: ClassVar[str] = "cider"
     official_layout: ClassVar[str | None] = None
+    model_sections: ClassVar[dict[str, type]] = {"decoder": DecoderConfig}
     default_options: ClassVar[dict[str, Any]] = {
         "decoder_layers": 2,
         "beam_size": 1,
@@ -189,7 +191,7 @@ class CaptioningTask(Task):
     def loss(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        net = model.module if hasattr(model, "module") else model
+        net = unwrap(model)
         loss = net.lm_loss(
             batch["image"],
             batch["caption_ids"],

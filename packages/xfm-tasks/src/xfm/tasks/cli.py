@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,22 @@ from xfm.core.cli import Command
 __all__ = ["EvalCommand", "FinetuneCommand"]
 
 
+#: A ``dotted.key=value`` override (what ``--resume`` must not swallow as its checkpoint).
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
 def _task_names() -> list[str]:
     from xfm.core.registry import available
 
     return available("task")
 
 
-def _with_overrides(parser: argparse.ArgumentParser, options: Any) -> None:
+def _with_overrides(parser: argparse.ArgumentParser, options: Any, usage: str = "") -> None:
     """``TASK`` then options and ``key=value`` overrides in any order (options may also come
-    before ``TASK``)."""
+    before ``TASK``). ``usage``: the usage line, with the required options shown as such
+    (argparse would show them in brackets: they are checked after ``TASK``)."""
+    if usage:
+        parser.usage = usage
     options(parser)
     parser.add_argument("task", help="registered task name (xfm.task entry point)")
     parser.add_argument(
@@ -73,30 +81,57 @@ class FinetuneCommand(Command):
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        _with_overrides(parser, self.options)
+        _with_overrides(
+            parser,
+            self.options,
+            "xfm finetune TASK --config FILE [--resume [CKPT]] [--overwrite] [--json] "
+            "[key=value ...]",
+        )
 
     @staticmethod
     def options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--config", default=None, help="YAML file (required)")
         parser.add_argument("--json", action="store_true", help="print the summary as JSON last")
+        parser.add_argument(
+            "--resume",
+            nargs="?",
+            const=True,
+            default=None,
+            metavar="CKPT",
+            help="continue exactly from the run's newest checkpoint, or from CKPT",
+        )
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace an earlier run in run_dir (its outputs and checkpoints are deleted)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
         if not _parse_rest(args, self.options, required=("config",)):
             return 2
+        from xfm.core.checkpoint import CheckpointError
         from xfm.core.config import ConfigError, load_config
         from xfm.core.registry import RegistryError
         from xfm.tasks.base import FinetuneConfig
         from xfm.tasks.finetune import Finetuner
 
+        resume = args.resume or False
+        if isinstance(resume, str) and _OVERRIDE.match(resume):  # `--resume key=value`
+            args.overrides = [resume, *args.overrides]
+            resume = True
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        tuner = None
         try:
             cfg = load_config(FinetuneConfig, args.config, [*args.overrides, f"task={args.task}"])
-            tuner = Finetuner(cfg)
+            tuner = Finetuner(cfg, resume=resume, overwrite=bool(getattr(args, "overwrite", False)))
             tuner.setup()
             summary = tuner.fit()
-        except (ConfigError, FileNotFoundError, ValueError, RegistryError) as err:
+        except (ConfigError, CheckpointError, FileNotFoundError, ValueError, RegistryError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        finally:
+            if tuner is not None:
+                tuner.close()
         if args.json:
             print(json.dumps(summary, default=str))
         return 0
@@ -142,7 +177,12 @@ class EvalCommand(Command):
     description = __doc__
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        _with_overrides(parser, self.options)
+        _with_overrides(
+            parser,
+            self.options,
+            "xfm eval TASK --checkpoint PATH [--config FILE] [--split SPLIT] [--json] "
+            "[key=value ...]",
+        )
 
     @staticmethod
     def options(parser: argparse.ArgumentParser) -> None:
@@ -161,9 +201,9 @@ class EvalCommand(Command):
         from xfm.core.config import ConfigError, load_config
         from xfm.core.registry import RegistryError
         from xfm.tasks.base import FinetuneConfig, get_task
-        from xfm.tasks.base_data import ensure_synthetic
-        from xfm.tasks.finetune import autocast_for, evaluate_splits, load_tokenizer_for, model_spec
-        from xfm.train.trainer import resolve_device
+        from xfm.tasks.finetune import evaluate_splits, load_tokenizer_for, model_spec
+        from xfm.train.engine import autocast_factory, resolve_device
+        from xfm.train.synthetic import ensure_synthetic
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         try:
@@ -193,7 +233,7 @@ class EvalCommand(Command):
                 tokenizer,
                 args.split,
                 device,
-                autocast_for(device, cfg.precision),
+                autocast_factory(device, cfg.precision),
                 progress=True,
             )
         except (ConfigError, FileNotFoundError, ValueError, RegistryError) as err:

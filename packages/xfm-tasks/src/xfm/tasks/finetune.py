@@ -1,11 +1,12 @@
-"""The fine-tuning loop of every task (``xfm finetune TASK``) and task evaluation
+"""The fine-tuning job of every task (``xfm finetune TASK``) and task evaluation
 (``xfm eval TASK``).
 
-It reuses the pretraining pieces of :mod:`xfm.train`: AdamW groups and the warm-up/decay
-schedule (:mod:`xfm.train.optim`), atomic training checkpoints and the safetensors export
-(:mod:`xfm.train.checkpointing`), the CSV/TensorBoard metrics (:mod:`xfm.train.metrics`),
-devices and process groups (:mod:`xfm.train.trainer`, :mod:`xfm.train.distributed`). What is
-task specific (model, data, loss, metrics) comes from the :class:`~xfm.tasks.base.Task`.
+What is task specific (model, data, loss, metrics) comes from the :class:`~xfm.tasks.base.Task`;
+the rest is the training engine pretraining uses too (:class:`xfm.train.engine.Engine`):
+device, process group, precision (bf16 autocast; fp16 + scaler on CUDA), DDP, gradient
+accumulation (``train.accumulate``), clipping, AdamW groups and the warm-up/decay schedule,
+atomic checkpoints with exact resume (``--resume``: weights, optimizer, schedule, RNG and the
+position in the shuffled data), CSV metrics, the progress bar and the safetensors export.
 
 Run dir layout: ``config.yaml``, ``metrics.csv`` (loss parts, lr), ``eval.json`` (the final
 evaluation), ``checkpoints/step_*.pt`` and ``model.safetensors`` (weights, with the task name
@@ -14,66 +15,41 @@ and model config in its metadata, which ``xfm eval TASK --checkpoint RUN_DIR`` r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import random
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from xfm.core.config import save_config, to_dict
-from xfm.tasks.base import FinetuneConfig, Task, TaskData, get_task
-from xfm.tasks.base_data import ensure_synthetic
-from xfm.train.checkpointing import (
-    capture_rng,
-    export_weights,
-    prune_checkpoints,
-    save_training_state,
-)
-from xfm.train.distributed import (
-    barrier,
-    get_rank,
-    get_world_size,
-    init_distributed,
-    is_main_process,
-)
-from xfm.train.metrics import MetricsLogger
+from xfm.tasks.base import FinetuneConfig, Task, get_task, move_to
+from xfm.train.checkpointing import export_weights
+from xfm.train.distributed import get_rank, get_world_size, is_main_process
+from xfm.train.engine import Engine, EngineSettings, EpochLoader, seed_everything
+from xfm.train.init_check import check_init
 from xfm.train.optim import build_optimizer, build_scheduler
-from xfm.train.trainer import resolve_device
+from xfm.train.synthetic import ensure_synthetic
 
-__all__ = ["Finetuner", "autocast_for", "model_spec", "move_to"]
+__all__ = ["Finetuner", "model_spec", "move_to"]
 
 log = logging.getLogger("xfm.tasks")
 
 
-def autocast_for(
-    device: torch.device, precision: str
-) -> Callable[[], contextlib.AbstractContextManager]:
-    """A zero-argument factory of the autocast context of ``precision`` on ``device``."""
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision != "fp32":
-        raise ValueError(f"precision must be fp32 or bf16 for fine-tuning; got {precision!r}")
-    return contextlib.nullcontext
-
-
-def move_to(batch: Any, device: torch.device) -> Any:
-    """``batch`` (tensor / dict / list / tuple / dataclass with ``to``) on ``device``."""
+def batch_samples(batch: Any) -> int:
+    """Samples in a batch: the leading size of its first tensor (0 when it has none)."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: move_to(v, device) for k, v in batch.items()}
-    if isinstance(batch, list | tuple):
-        return type(batch)(move_to(v, device) for v in batch)
-    return batch
+        return int(batch.shape[0]) if batch.dim() else 0
+    values = batch.values() if isinstance(batch, dict) else batch
+    if isinstance(values, list | tuple) or isinstance(batch, dict):
+        for v in values:
+            n = batch_samples(v)
+            if n:
+                return n
+    return 0
 
 
 def model_spec(cfg: FinetuneConfig, tokenizer: Any | None) -> dict[str, Any]:
@@ -89,12 +65,6 @@ def model_spec(cfg: FinetuneConfig, tokenizer: Any | None) -> dict[str, Any]:
     return spec
 
 
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
-
-
 def load_tokenizer_for(cfg: FinetuneConfig) -> Any | None:
     """The tokenizer of ``cfg.data.tokenizer`` (``None`` when it is empty)."""
     if not cfg.data.tokenizer:
@@ -104,116 +74,130 @@ def load_tokenizer_for(cfg: FinetuneConfig) -> Any | None:
     return load_tokenizer(cfg.data.expand(cfg.data.tokenizer))
 
 
+def engine_settings(cfg: FinetuneConfig) -> EngineSettings:
+    """The engine part of a fine-tuning config."""
+    tc = cfg.train
+    return EngineSettings(
+        run_dir=cfg.run_dir,
+        steps=tc.steps,
+        device=cfg.device,
+        precision=cfg.precision,
+        threads=cfg.threads,
+        accumulate=tc.accumulate,
+        grad_clip=cfg.optim.grad_clip,
+        checkpoint_every=tc.checkpoint_every,
+        checkpoint_keep=tc.keep,
+        log_every=tc.log_every,
+        eval_every=tc.eval_every,
+        tensorboard=False,
+        progress=tc.progress,
+        name=f"finetune {cfg.task}",
+    )
+
+
 class Finetuner:
     """Fine-tune a task model from a :class:`FinetuneConfig`; :meth:`fit` returns a summary.
 
     Args:
         config: the run configuration.
         print_fn: where progress lines go (rank 0 only).
+        resume: ``True``: continue from the newest checkpoint of the run (error when there is
+            none); a URL: continue from that checkpoint; ``False``: start fresh.
+        overwrite: replace an earlier run in ``run_dir`` (else such a folder is refused
+            unless resuming).
     """
 
-    def __init__(self, config: FinetuneConfig, print_fn: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        config: FinetuneConfig,
+        print_fn: Callable[[str], None] = print,
+        resume: bool | str = False,
+        overwrite: bool = False,
+    ) -> None:
         self.cfg = config
-        self.print = print_fn if is_main_process() else (lambda _: None)
-        self.step = 0
+        self.resume = resume
+        self.engine = Engine(engine_settings(config), print_fn)
+        self.engine.settings.overwrite = overwrite
+
+    @property
+    def print(self) -> Callable[[str], None]:
+        return self.engine.print
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done."""
+        return self.engine.step
 
     # ----------------------------------------------------------------------- setup
     def setup(self) -> None:
-        """Device, process group, data, model, optimizer, schedule, metrics."""
+        """Device, process group, data, model, optimizer, schedule; resume if asked."""
         cfg = self.cfg
         if not cfg.task:
             raise ValueError(
                 "the config names no task (set task: retrieval | nlvr | grounding ...)"
             )
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
-        init_distributed(self.device)
-        self.autocast = autocast_for(self.device, cfg.precision)
-        if is_main_process():
-            ensure_synthetic(cfg.data.synth, progress=True)
-        barrier()
+        engine = self.engine
+        self.device = engine.start(self.resume)
+        self.autocast = engine.autocast
+        ensure_synthetic(cfg.data.synth, progress=True)
         self.task: Task = get_task(cfg.task, cfg.options)
         self.tokenizer = load_tokenizer_for(cfg)
         self.spec = model_spec(cfg, self.tokenizer)
-        _seed(cfg.seed)
+        seed_everything(cfg.seed)
         model = self.task.build_model(self.spec)
         if cfg.init_from:
             from xfm.tasks.official import init_task_model
 
+            decoder_init = str(self.task.options.get("decoder_init", "fusion"))
             report = init_task_model(
-                model,
-                cfg.data.expand(cfg.init_from),
-                decoder_init=str(self.task.options.get("decoder_init", "fusion")),
-                log=self.print,
+                model, cfg.data.expand(cfg.init_from), decoder_init=decoder_init, log=self.print
             )
-            self.print(f"initialised from {cfg.init_from}: {report}")
+            new = list(cfg.optim.new_params)
+            if decoder_init == "fusion" and hasattr(model, "text_decoder"):
+                new.append(r"^text_decoder\.")  # reported above, tensor by tensor
+            line = check_init(report, cfg.init_from, strict=cfg.init_strict, new_params=new)
+            self.print(f"initialised from {cfg.init_from}: {line}")
         self.model = model.to(self.device)
-        self.train_model: nn.Module = self.model
-        if get_world_size() > 1:
-            self.train_model = nn.parallel.DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True,
-            )
-        self.train_data: TaskData = self.task.train_data(cfg.data, self.tokenizer)
+        self.train_data = self.task.train_data(cfg.data, self.tokenizer)
+        self.batches = EpochLoader(
+            self.train_data.dataset,
+            cfg.train.batch_size,
+            self.train_data.collate,
+            seed=cfg.seed,
+            num_workers=cfg.data.num_workers,
+        )
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
         # a task may build its own optimizer (issue 10: layer-wise lr decay for ImageNet)
         make_optimizer = getattr(self.task, "build_optimizer", None) or build_optimizer
-        self.optimizer = make_optimizer(self.model, cfg.optim, self.device)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.steps)
-        self.run_dir = Path(cfg.run_dir)
+        wrapped = engine.prepare(
+            self.model,
+            self.model,
+            lambda _: make_optimizer(self.model, cfg.optim, self.device),
+            lambda optimizer: build_scheduler(optimizer, cfg.optim, cfg.train.steps),
+            find_unused_parameters=True,  # a task loss need not reach every head each step
+            generator=self.generator,
+        )
+        self.train_model: nn.Module = wrapped.forward
+        engine.resume(self.resume, to_dict(cfg), self.batches.load_state_dict)
+        self.run_dir = engine.run_dir
         if is_main_process():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
 
-    def _loader(self, data: TaskData, batch_size: int, train: bool) -> DataLoader:
-        if get_world_size() > 1:
-            sampler: Any = DistributedSampler(data.dataset, shuffle=train, seed=self.cfg.seed)
-        elif train:
-            sampler = RandomSampler(
-                data.dataset, generator=torch.Generator().manual_seed(self.cfg.seed)
-            )
-        else:
-            sampler = None
-        return DataLoader(
-            data.dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=data.collate,
-            num_workers=self.cfg.data.num_workers,
-            drop_last=train and len(data.dataset) >= batch_size * get_world_size(),
-        )
-
-    def _batches(self) -> Iterator[Any]:
-        loader = self._loader(self.train_data, self.cfg.train.batch_size, train=True)
-        epoch = 0
-        while True:
-            if isinstance(loader.sampler, DistributedSampler):
-                loader.sampler.set_epoch(epoch)
-            yield from loader
-            epoch += 1
-
     # ------------------------------------------------------------------------ loop
-    def train_step(self, batch: Any) -> dict[str, float]:
-        """One optimizer step on ``batch``; returns the loss parts and the lr."""
-        self.train_model.train()
-        batch = move_to(batch, self.device)
-        with self.autocast():
-            parts = self.task.loss(self.train_model, batch, self.generator)
-        loss = parts["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.step}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.optim.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.step += 1
-        out = {k: float(v.detach()) for k, v in parts.items()}
-        out["lr"] = self.optimizer.param_groups[0]["lr"]
-        return out
+    def _next_batch(self) -> tuple[Any, int]:
+        batch = self.batches.next()
+        return move_to(batch, self.device), batch_samples(batch)
+
+    def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The task loss of one batch (through the DDP-wrapped model) and its detached parts."""
+        parts = self.task.loss(self.train_model, batch, self.generator)
+        return parts["loss"], {k: v.detach() for k, v in parts.items() if k != "loss"}
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step (``train.accumulate`` batches); the loss parts and the lr."""
+        self.model.train()
+        return self.engine.train_step(self._next_batch, self.compute_loss)
 
     def evaluate(self, splits: list[str] | None = None, progress: bool = False) -> dict[str, float]:
         """``{split/metric: value}`` on the evaluation splits."""
@@ -229,41 +213,38 @@ class Finetuner:
         )
 
     def fit(self) -> dict[str, Any]:
-        """Run ``train.steps`` optimizer steps, evaluate, save; returns a summary."""
-        cfg = self.cfg
+        """Run to ``train.steps`` optimizer steps, evaluate, save; returns a summary."""
+        if not hasattr(self, "model"):
+            self.setup()
+        cfg, engine = self.cfg, self.engine
         tc = cfg.train
-        metrics: MetricsLogger | None = None
-        start = time.time()
-        history: list[dict[str, float]] = []
         evals: dict[str, float] = {}
+        if engine.finished:  # resumed at the last step: report, change nothing
+            return {"task": cfg.task, "steps": self.step, "finished": True}
+
+        def report(row: dict[str, float]) -> None:
+            if self.step % tc.log_every == 0 or self.step == tc.steps:
+                shown = {k: v for k, v in row.items() if k != "samples_per_s"}
+                self.print(
+                    f"step {self.step}/{tc.steps} "
+                    + " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+                )
+
+        def evaluate() -> None:
+            result = self.evaluate(tc.eval_splits or None)
+            engine.log(self.step, result)
+            self.print(f"eval @ {self.step}: {_fmt(result)}")
+
+        self.model.train()
         try:
-            batches = self._batches()
-            for _ in range(tc.steps):
-                row = self.train_step(next(batches))
-                history.append(row)
-                if metrics is None and is_main_process():  # columns: this task's loss parts
-                    metrics = MetricsLogger(self.run_dir, list(row), tensorboard=False)
-                if metrics is not None and (self.step % tc.log_every == 0 or self.step == tc.steps):
-                    metrics.log(self.step, row)
-                    self.print(
-                        f"step {self.step}/{tc.steps} "
-                        + " ".join(f"{k}={v:.4g}" for k, v in row.items())
-                    )
-                if tc.eval_every and self.step % tc.eval_every == 0 and self.step < tc.steps:
-                    evals = self.evaluate(tc.eval_splits or None)
-                    if metrics is not None:
-                        metrics.log(self.step, evals)
-                    self.print(f"eval @ {self.step}: {_fmt(evals)}")
-                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
-                    self.save_checkpoint()
+            elapsed, _ = engine.fit(
+                self.train_step, self.save_checkpoint, evaluate=evaluate, on_step=report
+            )
             evals = self.evaluate(tc.eval_splits or None, progress=True)
-            if metrics is not None:
-                metrics.log(self.step, evals)
+            engine.log(self.step, evals)
         finally:
-            if metrics is not None:
-                metrics.close()
-        self.save_checkpoint()
-        elapsed = time.time() - start
+            engine.close_metrics()
+        history = engine.history
         summary = {
             "task": cfg.task,
             "steps": self.step,
@@ -276,25 +257,23 @@ class Finetuner:
         if is_main_process():
             (self.run_dir / "eval.json").write_text(json.dumps(summary, indent=1))
             self.print(f"eval: {_fmt(evals)}")
+            self.print(
+                f"outputs in {self.run_dir}: model.safetensors (weights), eval.json, "
+                f"metrics.csv, checkpoints/ (xfm eval {cfg.task} --checkpoint {self.run_dir})"
+            )
         return summary
 
     def save_checkpoint(self) -> None:
-        """Training state (atomic) + ``model.safetensors`` with task/config metadata."""
-        if not is_main_process():
-            return
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "step": self.step,
-            "rng": capture_rng(self.generator),
-            "loader": {},
-            "config": to_dict(self.cfg),
-        }
-        ckpt_dir = str(self.run_dir / "checkpoints")
-        save_training_state(state, ckpt_dir, self.step)
-        prune_checkpoints(ckpt_dir, self.cfg.train.keep, self.step)
-        save_task_model(self.model, self.run_dir / "model.safetensors", self.cfg.task, self.spec)
+        """Training state (atomic; collective) + ``model.safetensors`` with task metadata."""
+        self.engine.save_checkpoint(self.batches.state_dict(), to_dict(self.cfg))
+        if is_main_process():
+            save_task_model(
+                self.model, self.run_dir / "model.safetensors", self.cfg.task, self.spec
+            )
+
+    def close(self) -> None:
+        """Leave the process group."""
+        self.engine.close()
 
 
 def save_task_model(model: nn.Module, path: str | Path, task: str, spec: dict[str, Any]) -> None:

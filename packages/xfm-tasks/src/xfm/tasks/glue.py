@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
+from xfm.tasks.base import Task, TaskData, TaskDataSection, collect_outputs
 from xfm.tasks.classification import TextClassifier, load_official_glue
 from xfm.tasks.glue_metrics import GLUE_METRICS, glue_metrics
 from xfm.tasks.task_mds import is_mds, read_glue_mds
+from xfm.train.engine import unwrap
 
 __all__ = ["GLUE_FORMATS", "GLUEFormat", "GLUETask", "read_glue_tsv", "write_glue_synthetic"]
 
@@ -264,7 +265,7 @@ class GLUETask(Task):
     def loss(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        net = model.module if hasattr(model, "module") else model
+        net = unwrap(model)
         logits = model(batch["ids"], batch["mask"])
         loss = net.loss(logits.float(), batch["label"])
         return {"loss": loss}
@@ -280,16 +281,21 @@ class GLUETask(Task):
         autocast: Callable[[], Any] | None = None,
         progress: bool = False,
     ) -> dict[str, float]:
-        device = device or next(model.parameters()).device
-        loader = data.loader(batch_size)
-        preds, labels = [], []
-        for batch in loader:
-            with eval_autocast(autocast, device):
-                logits = model(batch["ids"].to(device), batch["mask"].to(device)).float()
-            preds.append(logits.view(-1) if self.num_labels == 1 else logits.argmax(-1))
-            labels.append(batch["label"])
-        pred = torch.cat(preds).cpu().numpy()
-        gold = torch.cat(labels).numpy()
+        def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            logits = model(batch["ids"], batch["mask"]).float()
+            pred = logits.view(-1) if self.num_labels == 1 else logits.argmax(-1)
+            return {"pred": pred, "label": batch["label"]}
+
+        out = collect_outputs(
+            data,
+            step,
+            batch_size=batch_size,
+            device=device or next(model.parameters()).device,
+            autocast=autocast,
+            progress=progress,
+            desc="GLUE eval",
+        )
+        pred, gold = out["pred"].cpu().numpy(), out["label"].cpu().numpy()
         task = self.options["glue_task"]
         out = glue_metrics(task, pred, gold)
         out = {"main": out[GLUE_METRICS[task][0]], **out}

@@ -17,13 +17,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from xfm.fusion.model import XFMConfig
-from xfm.tasks.base import Task, TaskData, TaskDataSection, TaskModel, eval_autocast
+from xfm.tasks.base import Task, TaskData, TaskDataSection, TaskModel, collect_outputs
 from xfm.tasks.base_data import ImageReader, read_annotations, require, tokenize
 from xfm.tasks.metrics import grounding_accuracy, official_iou_xywh, pred_to_pixels
-from xfm.train.distributed import all_gather_no_grad
 from xfm.train.objectives import bbox_losses
 
 __all__ = ["GroundingModel", "GroundingSet", "GroundingTask", "normalised_target"]
@@ -133,21 +131,22 @@ class GroundingTask(Task):
         progress: bool = False,
     ) -> dict[str, float]:
         device = device or next(model.parameters()).device
-        loader = data.loader(batch_size, shard=True)
-        preds, gts, sizes = [], [], []
-        for batch in tqdm(loader, desc="grounding eval", disable=not progress):
-            with eval_autocast(autocast, device):
-                pred = model(
-                    batch["image"].to(device),
-                    batch["text_ids"].to(device),
-                    batch["text_mask"].to(device),
-                )
-            preds.append(pred.float())
-            gts.append(batch["gt_xywh"].to(device))
-            sizes.append(batch["size"].to(device))
-        pred = torch.cat(all_gather_no_grad(torch.cat(preds)))
-        gt = torch.cat(all_gather_no_grad(torch.cat(gts)))
-        size = torch.cat(all_gather_no_grad(torch.cat(sizes)))
+
+        def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            pred = model(batch["image"], batch["text_ids"], batch["text_mask"]).float()
+            return {"pred": pred, "gt": batch["gt_xywh"], "size": batch["size"]}
+
+        out = collect_outputs(
+            data,
+            step,
+            batch_size=batch_size,
+            device=device,
+            autocast=autocast,
+            progress=progress,
+            desc="grounding eval",
+            shard=True,
+        )
+        pred, gt, size = out["pred"], out["gt"], out["size"]
         iou = official_iou_xywh(gt, pred_to_pixels(pred, size))
         # baseline: always predict the mean training-free box (the whole image)
         whole = torch.tensor([[0.5, 0.5, 1.0, 1.0]], device=device).expand_as(pred)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
+from xfm.tasks.base import Task, TaskData, TaskDataSection, collect_outputs
 from xfm.tasks.base_data import ImageReader
 from xfm.tasks.classification import ImageClassifier, load_official_imagenet
 from xfm.train.config import OptimSection
@@ -296,16 +296,21 @@ class ImageNetTask(Task):
         autocast: Callable[[], Any] | None = None,
         progress: bool = False,
     ) -> dict[str, float]:
-        device = device or next(model.parameters()).device
-        loader = data.loader(batch_size)
-        logits, labels = [], []
-        for batch in loader:
-            with eval_autocast(autocast, device):
-                logits.append(model(batch["image"].to(device)).float().cpu())
-            labels.append(batch["label"])
-        out = topk_accuracy(torch.cat(logits), torch.cat(labels))
-        out["chance_top1"] = 100.0 / logits[0].shape[1]
-        out["images"] = float(sum(len(x) for x in labels))
+        def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            return {"logits": model(batch["image"]).float().cpu(), "label": batch["label"].cpu()}
+
+        got = collect_outputs(
+            data,
+            step,
+            batch_size=batch_size,
+            device=device or next(model.parameters()).device,
+            autocast=autocast,
+            progress=progress,
+            desc="ImageNet eval",
+        )
+        out = topk_accuracy(got["logits"], got["label"])
+        out["chance_top1"] = 100.0 / got["logits"].shape[1]
+        out["images"] = float(len(got["label"]))
         return out
 
 

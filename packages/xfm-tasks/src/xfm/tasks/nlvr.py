@@ -15,14 +15,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from xfm.core.layers import MLPHead
 from xfm.fusion.model import XFMConfig
-from xfm.tasks.base import Task, TaskData, TaskDataSection, TaskModel, eval_autocast
+from xfm.tasks.base import Task, TaskData, TaskDataSection, TaskModel, collect_outputs
 from xfm.tasks.base_data import ImageReader, read_annotations, require, tokenize
 from xfm.tasks.metrics import accuracy
-from xfm.train.distributed import all_gather_no_grad
 
 __all__ = ["NLVRModel", "NLVRSet", "NLVRTask", "parse_label"]
 
@@ -167,21 +165,21 @@ class NLVRTask(Task):
         autocast: Callable[[], Any] | None = None,
         progress: bool = False,
     ) -> dict[str, float]:
-        device = device or next(model.parameters()).device
-        loader = data.loader(batch_size, shard=True)
-        preds, labels = [], []
-        for batch in tqdm(loader, desc="NLVR2 eval", disable=not progress):
-            with eval_autocast(autocast, device):
-                logits = model(
-                    batch["image0"].to(device),
-                    batch["image1"].to(device),
-                    batch["text_ids"].to(device),
-                    batch["text_mask"].to(device),
-                )
-            preds.append(logits.argmax(-1))
-            labels.append(batch["label"].to(device))
-        pred = torch.cat(all_gather_no_grad(torch.cat(preds)))
-        label = torch.cat(all_gather_no_grad(torch.cat(labels)))
+        def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+            logits = model(batch["image0"], batch["image1"], batch["text_ids"], batch["text_mask"])
+            return {"pred": logits.argmax(-1), "label": batch["label"]}
+
+        out = collect_outputs(
+            data,
+            step,
+            batch_size=batch_size,
+            device=device or next(model.parameters()).device,
+            autocast=autocast,
+            progress=progress,
+            desc="NLVR2 eval",
+            shard=True,
+        )
+        pred, label = out["pred"], out["label"]
         majority = float(max(label.float().mean(), 1 - label.float().mean())) * 100
         return {
             "accuracy": accuracy(pred, label),

@@ -26,8 +26,10 @@ from torch import nn
 
 from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
 from xfm.tasks.base_data import ImageReader, image_source, read_task_items, require, tokenize
+from xfm.tasks.decoder import DecoderConfig
 from xfm.tasks.vqa_metrics import normalize_answer, soft_targets, vqa_accuracy, write_results
 from xfm.tasks.vqa_model import VQAConfig, VQAModel, config_from_golden, load_official_vqa
+from xfm.train.engine import unwrap
 
 __all__ = ["VQASet", "VQATask", "build_vqa_model", "question_type"]
 
@@ -107,6 +109,7 @@ class VQATask(Task):
     metric: ClassVar[str] = "accuracy"
     official_layout: ClassVar[str | None] = "vqa"
     golden_names: ClassVar[tuple[str, ...]] = ("vqa",)
+    model_sections: ClassVar[dict[str, type]] = {"decoder": DecoderConfig}
     default_options: ClassVar[dict[str, Any]] = {
         "answer_list": "{synth}/tasks/vqa_answers.json",
         "k_test": 128,
@@ -185,7 +188,7 @@ class VQATask(Task):
     def loss(
         self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        net = model.module if hasattr(model, "module") else model
+        net = unwrap(model)
         loss = net.loss(
             batch["image"],
             batch["question_ids"],

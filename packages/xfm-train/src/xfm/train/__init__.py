@@ -1,3 +1,3 @@
 """xfm.train: Streaming data, objectives, multi-objective trainer, distributed training, checkpoints."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

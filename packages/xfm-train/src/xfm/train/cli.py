@@ -33,6 +33,11 @@ class PretrainCommand(Command):
             default=False,
             help="continue from the run's newest checkpoint, or from the given checkpoint URL",
         )
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace an earlier run in run_dir (its outputs and checkpoints are deleted)",
+        )
         parser.add_argument("--json", action="store_true", help="print the summary as JSON last")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -47,7 +52,7 @@ class PretrainCommand(Command):
         except (ConfigError, FileNotFoundError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        trainer = Trainer(cfg, resume=args.resume)
+        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
         try:
             trainer.setup()
             summary = trainer.fit()

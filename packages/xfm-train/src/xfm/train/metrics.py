@@ -69,12 +69,14 @@ class MetricsLogger:
                 self._tb = None
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
-        """Write one row (unknown keys are ignored in the CSV, kept in TensorBoard)."""
+        """Write one row (unknown keys are ignored in the CSV, kept in TensorBoard; a row with
+        no CSV column is not written to the CSV)."""
         row: dict[str, Any] = {"step": step}
         for k, v in values.items():
             row[k] = repr(float(v)) if isinstance(v, float) and math.isfinite(v) else v
-        self._writer.writerow(row)
-        self._file.flush()
+        if any(k in self.columns for k in values):
+            self._writer.writerow(row)
+            self._file.flush()
         if self._tb is not None:
             for k, v in values.items():
                 self._tb.add_scalar(k, float(v), step)

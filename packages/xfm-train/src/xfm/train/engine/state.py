@@ -1,0 +1,169 @@
+"""Training-state checkpoints of a run: save (atomic, local / ``s3://`` / ``gs://``) and resume.
+
+A checkpoint holds the model (full tensors, our names), optimizer (keyed by parameter name
+under FSDP), scheduler, fp16 scaler, step, every rank's RNG (Python, NumPy, torch, the run's
+generator), the data-loader state, the config and the recent history, written by rank 0 with
+:mod:`xfm.train.checkpointing`. Restoring all of it continues a run bit-exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from xfm.core.checkpoint import CheckpointError, load_into
+from xfm.train import fsdp
+from xfm.train.checkpointing import (
+    capture_rng,
+    check_compatible,
+    latest_checkpoint,
+    load_training_state,
+    prune_checkpoints,
+    restore_rng,
+    save_training_state,
+)
+from xfm.train.distributed import barrier, get_rank, get_world_size, is_distributed, is_main_process
+from xfm.train.engine.wrapping import Wrapped
+
+__all__ = ["Checkpoints", "Resumed"]
+
+
+@dataclass
+class Resumed:
+    """What a resume restored besides the module states."""
+
+    url: str
+    step: int
+    loader: Any
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Checkpoints:
+    """Save and restore the training state of one run.
+
+    Args:
+        directory: checkpoint folder / URL.
+        keep: newest step checkpoints kept (0: all).
+        model: the unwrapped model (its state is what is saved).
+        wrapped: the wrapped module (FSDP collectives need it).
+        optimizer, scheduler, scaler: the run's.
+        generator: the run's own random generator (saved with the RNG states).
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        keep: int,
+        model: nn.Module,
+        wrapped: Wrapped,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        scaler: torch.amp.GradScaler | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.directory = directory
+        self.keep = keep
+        self.model = model
+        self.wrapped = wrapped
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler = scaler
+        self.generator = generator
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """Full model state (CPU tensors, our names) on rank 0, ``{}`` on the others (under
+        FSDP a collective: call it on every rank)."""
+        if self.wrapped.mode == "fsdp":
+            return fsdp.full_model_state(self.wrapped.trainable)
+        if not is_main_process():
+            return {}
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        if self.wrapped.mode == "fsdp":
+            return fsdp.full_optimizer_state(self.wrapped.trainable, self.optimizer)
+        return self.optimizer.state_dict()
+
+    def save(
+        self,
+        step: int,
+        loader: Any,
+        config: dict[str, Any],
+        history: list[dict[str, float]] | None = None,
+    ) -> str | None:
+        """Write the state after ``step`` optimizer steps (rank 0) and prune old checkpoints.
+
+        Collective under a process group (every rank's RNG is gathered). Returns the URL on
+        rank 0, ``None`` elsewhere.
+        """
+        rng = capture_rng(self.generator)
+        rngs: list[Any] = [rng]
+        if is_distributed():
+            rngs = [None] * get_world_size()
+            torch.distributed.all_gather_object(rngs, rng)
+        model_state = self.model_state()
+        optimizer_state = self._optimizer_state()
+        url = None
+        if is_main_process():
+            state = {
+                "model": model_state,
+                "optimizer": optimizer_state,
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "step": step,
+                "rng": rngs if len(rngs) > 1 else rngs[0],
+                "loader": loader,
+                "config": config,
+                "history": (history or [])[-1000:],
+            }
+            url = save_training_state(state, self.directory, step)
+            prune_checkpoints(self.directory, self.keep, step)
+        barrier()
+        return url
+
+    def resume(
+        self,
+        target: bool | str,
+        config: dict[str, Any],
+        load_loader: Callable[[Any], None] | None = None,
+    ) -> Resumed | None:
+        """Restore the state of checkpoint ``target`` (``True``: the newest of the run's
+        directory; a URL: that one; ``False``: nothing, returns ``None``).
+
+        ``config`` (the current run's) must match the saved one in the sections that decide
+        the result (:func:`xfm.train.checkpointing.check_compatible`); ``load_loader`` gets
+        the saved data-loader state.
+        """
+        if not target:
+            return None
+        url = target if isinstance(target, str) else latest_checkpoint(self.directory)
+        if url is None:
+            raise FileNotFoundError(
+                f"--resume: no checkpoint in {self.directory!r} (no 'latest' file); "
+                f"start without --resume"
+            )
+        state = load_training_state(url)
+        check_compatible(state["config"], config, url)
+        try:
+            if self.wrapped.mode == "fsdp":
+                fsdp.load_full_state(
+                    self.wrapped.trainable, self.optimizer, state["model"], state["optimizer"]
+                )
+            else:
+                load_into(self.model, state["model"], strict=True)
+                self.optimizer.load_state_dict(state["optimizer"])
+        except (CheckpointError, ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"cannot resume from {url!r}: {err}") from err
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if load_loader is not None:
+            load_loader(state["loader"])
+        rank_rng = state["rng"]
+        rng = rank_rng[get_rank()] if isinstance(rank_rng, list) else rank_rng
+        restore_rng(rng, self.generator)
+        return Resumed(url, int(state["step"]), state["loader"], list(state.get("history", [])))
