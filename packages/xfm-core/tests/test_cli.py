@@ -192,6 +192,31 @@ def test_info_with_only_xfm_core_installed_says_the_kinds_are_empty(
         registry.refresh()
 
 
+def test_a_command_of_an_uninstalled_xfm_package_names_the_package(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = registry._discover_entry_points
+
+    def only_core(group: str) -> list:
+        return [ep for ep in original(group) if ep.dist.metadata["Name"] == "xfm-core"]
+
+    monkeypatch.setattr(registry, "_discover_entry_points", only_core)
+    registry.refresh()
+    try:
+        assert main(["pretrain", "--config", "configs/pretrain/tiny.yaml"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            "xfm: error: 'pretrain' is a command of the xfm-train package, which is not "
+            "installed: pip install xfm-train (or ./packages/xfm-train from a checkout); "
+            "installed commands: info"
+        )
+        assert main(["finetune", "retrieval"]) == 2
+        assert "xfm-tasks package" in capsys.readouterr().err
+    finally:
+        monkeypatch.undo()
+        registry.refresh()
+
+
 def test_info_shows_in_process_components(capsys: pytest.CaptureFixture[str]) -> None:
     name = _unique("nb_objective")
     registry.register("objective", name, lambda: None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,7 +223,7 @@ class CheckOfficialCommand(Command):
         try:
             results = check_official(args.directory, args.atol, args.rtol, args.backend)
         except (FileNotFoundError, NotImplementedError, ValueError, CheckpointError) as err:
-            print(f"error: {err}")
+            print(f"error: {err}", file=sys.stderr)
             return 2
         width = max(len(r.name) for r in results)
         for r in results:

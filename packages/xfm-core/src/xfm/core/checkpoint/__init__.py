@@ -15,7 +15,9 @@ Typical use::
 from xfm.core.checkpoint.atomic import atomic_save_bytes, atomic_write
 from xfm.core.checkpoint.errors import (
     CheckpointError,
+    CheckpointIntegrityError,
     CheckpointMismatchError,
+    CheckpointSaveError,
     KeyMappingError,
     NotInvertibleError,
 )
@@ -24,6 +26,7 @@ from xfm.core.checkpoint.io import (
     detect_format,
     load_state_dict,
     load_state_dict_from_bytes,
+    load_torch_object,
     read_safetensors_metadata,
     save_state_dict,
 )
@@ -51,7 +54,9 @@ from xfm.core.checkpoint.storage import PathOrUrl, is_local, open_file, read_byt
 __all__ = [
     "CheckpointError",
     "CheckpointFormat",
+    "CheckpointIntegrityError",
     "CheckpointMismatchError",
+    "CheckpointSaveError",
     "Drop",
     "DtypeMismatch",
     "KeyGroup",
@@ -77,6 +82,7 @@ __all__ = [
     "load_into",
     "load_state_dict",
     "load_state_dict_from_bytes",
+    "load_torch_object",
     "open_file",
     "read_bytes",
     "read_safetensors_metadata",

@@ -7,12 +7,38 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from xfm.core.checkpoint.report import LoadReport
 
-__all__ = ["CheckpointError", "CheckpointMismatchError", "KeyMappingError", "NotInvertibleError"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointIntegrityError",
+    "CheckpointMismatchError",
+    "CheckpointSaveError",
+    "KeyMappingError",
+    "NotInvertibleError",
+]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read as expected (corrupt, truncated, unsafe, or
     not holding a state dict where one was expected). The message names the path."""
+
+
+class CheckpointIntegrityError(CheckpointError):
+    """A checkpoint's bytes do not match its recorded digest (corrupt or truncated), or it has
+    no digest (an interrupted save). Resuming falls back to an older checkpoint on this error."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint could not be written to its destination, even after retries.
+
+    Attributes:
+        url: the destination that failed.
+        fallback_url: where the data was written instead (a local path), or ``None``.
+    """
+
+    def __init__(self, message: str, url: str, fallback_url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.fallback_url = fallback_url
 
 
 class CheckpointMismatchError(CheckpointError):

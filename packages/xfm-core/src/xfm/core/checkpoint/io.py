@@ -35,6 +35,7 @@ __all__ = [
     "detect_format",
     "load_state_dict",
     "load_state_dict_from_bytes",
+    "load_torch_object",
     "read_safetensors_metadata",
     "save_state_dict",
 ]
@@ -226,6 +227,39 @@ def _torch_load(f: IO[bytes] | str, map_location: Any, source: str) -> Any:
                 f"torch.save file): {msg}"
             ) from e
         raise CheckpointError(f"{source}: cannot load the torch checkpoint: {msg}") from e
+
+
+def load_torch_object(
+    data: bytes | bytearray | memoryview,
+    *,
+    map_location: MapLocation = "cpu",
+    source: str = "<bytes>",
+) -> Any:
+    """Unpickle a whole ``torch.save`` file held in memory, never running code from it.
+
+    This is the one place where xfm reads torch pickles: it uses
+    ``torch.load(weights_only=True)``, which only builds tensors and plain containers (dict,
+    list, tuple, str, int, float, bool, None, ``OrderedDict``); a file that needs any other
+    Python object (a ``__reduce__`` payload calling ``os.system``, a NumPy array) is refused.
+    Use it for training states and other torch files that are not plain state dicts; use
+    :func:`load_state_dict` for weights.
+
+    Args:
+        data: the file's bytes (a zip-format or legacy torch file).
+        map_location: device for the tensors.
+        source: how to name the data in error messages.
+
+    Raises:
+        CheckpointError: for a file that is not a torch file, is corrupt or truncated, or holds
+            objects that ``weights_only`` refuses (the message names ``source``).
+    """
+    head = bytes(data[:16])
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        raise CheckpointError(
+            f"{source}: not a torch.save file (expected a zip archive starting with 'PK' or a "
+            f"legacy pickle starting with 0x80); the file starts with {_describe_head(head)}"
+        )
+    return _torch_load(io.BytesIO(bytes(data)), map_location, source)
 
 
 def _is_tensor_dict(obj: Any) -> bool:

@@ -11,6 +11,7 @@ Run it as ``xfm <command> ...`` or ``python -m xfm.core.cli <command> ...``.
 """
 
 from xfm.core.cli.command import Command
+from xfm.core.cli.errors import UserError, is_user_error, register_user_error
 from xfm.core.cli.main import build_parser, main
 
-__all__ = ["Command", "build_parser", "main"]
+__all__ = ["Command", "UserError", "build_parser", "is_user_error", "main", "register_user_error"]

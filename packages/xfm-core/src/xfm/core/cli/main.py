@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import inspect
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from xfm.core.cli.errors import format_user_error, is_user_error
 from xfm.core.registry import ComponentLoadError, Registry, RegistryError, get_registry
 
 __all__ = ["build_parser", "main", "version"]
@@ -87,6 +90,17 @@ def _interface_problems(command: Any) -> list[str]:
     return problems
 
 
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|obj):`~?([^`]+)`")
+
+
+def plain_text(doc: str) -> str:
+    """A docstring as help text: dedented, line breaks kept (examples stay one per line), and
+    reStructuredText markup removed (````x```` -> ``x``, ``:class:`~a.B``` -> ``a.B``)."""
+    text = inspect.cleandoc(doc)
+    text = _ROLE.sub(lambda m: m.group(1), text)
+    return text.replace("``", "")
+
+
 def _build_parser(commands: Sequence[_LoadedCommand]) -> argparse.ArgumentParser:
     unavailable = [c for c in commands if not c.available]
     epilog = None
@@ -109,7 +123,12 @@ def _build_parser(commands: Sequence[_LoadedCommand]) -> argparse.ArgumentParser
         if loaded.available:
             help_text = loaded.command.help
             description = getattr(loaded.command, "description", None) or help_text
-            sub = subparsers.add_parser(loaded.name, help=help_text, description=description)
+            sub = subparsers.add_parser(
+                loaded.name,
+                help=help_text,
+                description=plain_text(description),
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
             loaded.command.add_arguments(sub)
         else:
             subparsers.add_parser(loaded.name, help=f"[unavailable] {loaded.reason}")
@@ -145,12 +164,42 @@ def _exit_status(code: object) -> int:
     return 1
 
 
+#: The subcommands of the xfm packages, by the distribution that provides them.
+FIRST_PARTY_COMMANDS: dict[str, str] = {
+    "check-official": "xfm-fusion",
+    "pretrain": "xfm-train",
+    "plot": "xfm-train",
+    "data": "xfm-train",
+    "finetune": "xfm-tasks",
+    "eval": "xfm-tasks",
+    "search": "xfm-tasks",
+    "task-data": "xfm-tasks",
+}
+
+
+def _first_party_missing(argv: Sequence[str], names: Sequence[str]) -> str:
+    """The message for a subcommand of an xfm package that is not installed, else ``""``."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is None or first in names or first not in FIRST_PARTY_COMMANDS:
+        return ""
+    dist = FIRST_PARTY_COMMANDS[first]
+    return (
+        f"'{first}' is a command of the {dist} package, which is not installed: "
+        f"pip install {dist} (or ./packages/{dist} from a checkout); installed commands: "
+        f"{', '.join(sorted(names)) or 'none'}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``xfm`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status.
 
+    A *user error* raised by the subcommand (see :mod:`xfm.core.cli.errors`: corrupt or unsafe
+    checkpoint, invalid config, unreadable data, disk full...) is printed as one ``error: ...``
+    line on stderr, without a traceback, and gives status 2. Other exceptions propagate.
+
     Returns:
-        The subcommand's status; ``2`` for usage errors (argparse) and for a subcommand whose
-        plugin cannot be loaded; ``0`` for ``--help`` and ``--version``.
+        The subcommand's status; ``2`` for usage errors (argparse), for user errors and for a
+        subcommand whose plugin cannot be loaded; ``0`` for ``--help`` and ``--version``.
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
     registry = get_registry("cli")
@@ -167,6 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list:
         parser.print_help(sys.stderr)
         return 2
+    missing = _first_party_missing(args_list, names)
+    if missing:
+        print(f"{PROG}: error: {missing}", file=sys.stderr)
+        return 2
     try:
         args = parser.parse_args(args_list)
     except SystemExit as exit_:  # --help, --version and usage errors
@@ -176,7 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not loaded.available:  # chosen after a help-less full load, e.g. `xfm --version x`
         print(f"{PROG}: error: {loaded.details}", file=sys.stderr)
         return 2
-    status = loaded.command.run(args)
+    try:
+        status = loaded.command.run(args)
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise
+        print(format_user_error(exc), file=sys.stderr)
+        return 2
     if status is None:
         return 0
     if isinstance(status, bool) or not isinstance(status, int):

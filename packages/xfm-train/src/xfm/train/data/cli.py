@@ -35,7 +35,7 @@ class DataCommand(Command):
         """Declare the ``synth``, ``prepare`` and ``inspect`` actions."""
         sub = parser.add_subparsers(dest="data_action", required=True, metavar="<action>")
         s = sub.add_parser("synth", help="write the shapes-world dataset (no downloads)")
-        s.add_argument("--out", required=True, help="output folder")
+        s.add_argument("--out", required=True, help="local folder, s3://... or gs://...")
         s.add_argument("--seed", type=int, default=0, help="world seed (default: %(default)s)")
         s.add_argument(
             "--image-size", type=int, default=64, help="image side in pixels (default: 64)"

@@ -8,7 +8,9 @@ drops and counts, so it still counts as consumed and resumption stays exact.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable
@@ -21,7 +23,13 @@ from xfm.train.data.errors import BadSample, DataSourceError
 from xfm.train.data.schemas import get_schema
 from xfm.train.data.writers import _cloud_reason
 
-__all__ = ["SourceDataset", "default_cache_dir", "is_remote", "local_cache_path"]
+__all__ = [
+    "SourceDataset",
+    "default_cache_dir",
+    "is_remote",
+    "local_cache_path",
+    "release_shared_memory",
+]
 
 Processor = Callable[[dict[str, Any], int, int], Any]
 """``processor(raw_sample, sample_id, epoch) -> processed sample`` (raises on a bad sample)."""
@@ -117,6 +125,7 @@ class SourceDataset(StreamingDataset):
             raise
         except Exception as exc:
             raise DataSourceError(self.url, _open_reason(exc)) from exc
+        self._check_shards(remote, local)
         missing = set(get_schema(source).columns) - set(self._stream_columns())
         if missing:
             raise DataSourceError(
@@ -124,6 +133,99 @@ class SourceDataset(StreamingDataset):
                 f"its columns {sorted(self._stream_columns())} lack {sorted(missing)} required "
                 f"by the {source!r} source",
             )
+
+    def _check_shards(self, remote: str | None, local: str) -> None:
+        """Every shard listed in ``index.json`` must exist (raw or compressed), locally or in
+        the remote folder (one listing), so that a missing shard is a clear error here rather
+        than a hang or a silently short epoch in the loader workers."""
+        names = [
+            (raw.basename, zip_.basename if zip_ is not None else None)
+            for shard in self.shards
+            for raw, zip_ in shard.file_pairs
+        ]
+        if remote is None:
+            absent = [
+                raw
+                for raw, zipped in names
+                if not Path(local, raw).is_file() and not (zipped and Path(local, zipped).is_file())
+            ]
+        else:
+            present = _remote_names(remote)
+            if present is None:  # the store does not allow listing: checked on download
+                return
+            absent = [
+                raw
+                for raw, zipped in names
+                if raw not in present
+                and (zipped is None or zipped not in present)
+                and not Path(local, raw).is_file()
+            ]
+        if absent:
+            more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
+            raise DataSourceError(
+                self.url,
+                f"shard {absent[0]!r} is listed in index.json but missing ({len(absent)} of "
+                f"{len(names)} shards missing: {', '.join(map(repr, absent[:3]))}{more})",
+            )
+
+    # ------------------------------------------------------------ background failures
+    # Streaming downloads shards in background threads; when one fails it only sets an event,
+    # and the iteration then ends early without an error (a short epoch), or, in a loader
+    # worker waiting for a shard another worker failed to prepare, never ends. We keep the
+    # failure and raise it, naming the shard, from the iteration.
+
+    def on_exception(self, future: Any) -> None:
+        """Record a background thread's exception (streaming only sets an event)."""
+        exc = future.exception()
+        if exc is not None and getattr(self, "_bg_error", None) is None:
+            self._bg_error = exc
+        super().on_exception(future)
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        """Streaming's download, with a failure turned into :class:`DataSourceError` naming
+        the shard (and the shard marked as failed for the other workers)."""
+        try:
+            super().prepare_shard(shard_id, blocking)
+        except DataSourceError:
+            raise
+        except Exception as exc:
+            # Streaming leaves the shard PREPARING in shared memory, and the other workers wait
+            # for it forever. Marking it LOCAL sends them to read it: they find the file absent
+            # and try to prepare it themselves (a retry), failing with this same error.
+            with contextlib.suppress(Exception):
+                from streaming.base.dataset import _ShardState
+
+                self._shard_states[shard_id] = _ShardState.LOCAL
+            raise self._shard_error(shard_id, exc) from exc
+
+    def _shard_error(self, shard_id: int, exc: BaseException) -> DataSourceError:
+        shard = self.shards[shard_id]
+        name = shard.file_pairs[0][0].basename if shard.file_pairs else f"shard {shard_id}"
+        stream = self.streams[self.stream_per_shard[shard_id]]
+        if stream.remote is None and not Path(stream.local, name).is_file():
+            why = "the file is missing"
+        else:
+            text = str(exc).strip()
+            why = f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+        return DataSourceError(self.url, f"cannot read shard {name!r} ({why})")
+
+    def __iter__(self) -> Any:
+        self._bg_error = None
+        yield from super().__iter__()
+        self._raise_background_error()
+
+    def _raise_background_error(self) -> None:
+        err = getattr(self, "_bg_error", None)
+        event = getattr(self, "_event", None)
+        if err is None and not (event is not None and event.is_set()):
+            return
+        if isinstance(err, DataSourceError):
+            raise err
+        raise DataSourceError(
+            self.url,
+            "a shard could not be read: "
+            + (f"{type(err).__name__}: {err}" if err is not None else "a loader thread failed"),
+        ) from err
 
     def _stream_columns(self) -> list[str]:
         return list(getattr(self.shards[0], "column_names", [])) if self.shards else []
@@ -144,8 +246,12 @@ class SourceDataset(StreamingDataset):
         """The processed sample ``sample_id``, or a :class:`BadSample` saying why not."""
         try:
             raw = super().get_item(sample_id, retry)
-        except RuntimeError:  # streaming's download failure: not a bad sample, a bad source
+        except DataSourceError:
             raise
+        except RuntimeError as exc:  # streaming's download failure: not a bad sample, a bad source
+            self._raise_background_error()
+            shard_id, _ = self.spanner[sample_id]
+            raise self._shard_error(shard_id, exc) from exc
         except Exception as exc:  # undecodable column
             return self._bad(sample_id, f"unreadable sample: {type(exc).__name__}: {exc}")
         if self.processor is None:
@@ -161,8 +267,58 @@ class SourceDataset(StreamingDataset):
         return BadSample(self.source, int(sample_id), shard, index, reason)
 
 
+def _remote_names(remote: str) -> set[str] | None:
+    """Names of the files in remote folder ``remote``, or None when it cannot be listed."""
+    try:
+        from xfm.core.checkpoint.storage import resolve
+
+        fs, path = resolve(remote)
+        return {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+    except Exception:
+        return None
+
+
 def _open_reason(exc: BaseException) -> str:
     text = str(exc)
+    if isinstance(exc, json.JSONDecodeError | KeyError | TypeError | UnicodeDecodeError):
+        return (
+            f"index.json is malformed ({type(exc).__name__}: {text.strip()[:300]}); expected "
+            f"the index of an MDS dataset written by xfm's writers"
+        )
     if isinstance(exc, FileNotFoundError) or "index.json" in text:
         return f"index.json not found or not readable ({type(exc).__name__}: {text.strip()[:300]})"
     return _cloud_reason(exc)
+
+
+#: The shared-memory members of a ``streaming.StreamingDataset`` (mosaicml-streaming 0.13):
+#: its locals record and resume state (``SharedMemory``), and objects holding one
+#: (``SharedArray`` / ``SharedScalar`` / ``SharedBarrier``).
+_SHM_MEMBERS = ("_locals_shm", "_resume_shm")
+_SHM_HOLDERS = ("_shared_barrier", "_next_epoch", "_cache_usage", "_shard_states")
+_SHM_HOLDERS += ("_shard_access_times",)
+
+
+def release_shared_memory(dataset: StreamingDataset) -> None:
+    """Close (and unlink, where this process created them) ``dataset``'s shared memory.
+
+    Streaming keeps every shared-memory object alive until the process exits (an ``atexit``
+    handler holds it) and, when a dataset starts, opens the blocks of every prefix still in
+    use: in a long-lived process (a notebook, a test session) each new dataset then holds
+    handles to all earlier ones, and the open files grow quadratically until the process limit
+    (seen: 20,000 after ~100 trainer runs). Called when a loader is released for good; the
+    dataset cannot be iterated afterwards. This is the one place that touches streaming's
+    private members; it is a no-op for members a streaming version does not have.
+    """
+    import contextlib
+
+    shms = [getattr(dataset, name, None) for name in _SHM_MEMBERS]
+    for name in _SHM_HOLDERS:
+        holder = getattr(dataset, name, None)
+        arr = getattr(holder, "arr", None) or getattr(holder, "_arr", None) or holder
+        shms.append(getattr(arr, "shm", None))
+    for shm in shms:
+        cleanup = getattr(shm, "cleanup", None)
+        if cleanup is None:
+            continue
+        with contextlib.suppress(Exception):
+            cleanup()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from xfm.core.cli.errors import register_user_error
+
 __all__ = [
     "BadSample",
     "BadSampleError",
@@ -33,14 +35,19 @@ class DataSourceError(DataError, OSError):
         url: the location that was asked for (``/path``, ``s3://...`` or ``gs://...``).
     """
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str | None = None) -> None:
+        # One argument: a complete message (how torch's DataLoader rebuilds a worker's error).
         self.url = url
-        self.reason = reason
-        super().__init__(f"Cannot open dataset at {url!r}: {reason}")
+        self.reason = reason if reason is not None else url
+        super().__init__(f"Cannot open dataset at {url!r}: {reason}" if reason is not None else url)
 
 
 class TooManyBadSamplesError(DataError, RuntimeError):
     """More samples were skipped than ``max_bad_fraction`` allows."""
+
+
+# Every data error is a user error: the ``xfm`` command prints it as one ``error:`` line.
+register_user_error(DataError)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,12 @@ makes a freshly built loader continue exactly where the saved one stopped.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,11 +23,18 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from xfm.train.data.batches import Batch, collate
-from xfm.train.data.dataset import SourceDataset
-from xfm.train.data.errors import BadSample, DataError, TooManyBadSamplesError
+from xfm.train.data.dataset import SourceDataset, release_shared_memory
+from xfm.train.data.errors import BadSample, DataError, DataSourceError, TooManyBadSamplesError
 from xfm.train.data.schemas import SOURCES, get_schema
 
-__all__ = ["LoaderConfig", "MultiSourceLoader", "SourceConfig", "SourceLoader", "build_loader"]
+__all__ = [
+    "LoaderConfig",
+    "MultiSourceLoader",
+    "SourceConfig",
+    "SourceLoader",
+    "build_loader",
+    "die_with_parent",
+]
 
 log = logging.getLogger("xfm.train.data")
 
@@ -70,6 +81,9 @@ class LoaderConfig:
         pin_memory: pin batches in page-locked memory (for CUDA).
         num_canonical_nodes: see :class:`SourceDataset`.
         download_retry: download attempts per remote file.
+        timeout_s: with worker processes, the longest wait for one batch before the loader
+            fails with a :class:`DataSourceError` (a stuck download or worker); ``0`` waits
+            forever. Workers also exit when their parent process dies.
     """
 
     seed: int = 0
@@ -83,6 +97,7 @@ class LoaderConfig:
     pin_memory: bool = False
     num_canonical_nodes: int = 1
     download_retry: int = 1
+    timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_bad_fraction <= 1.0:
@@ -91,6 +106,8 @@ class LoaderConfig:
             )
         if self.num_workers < 0:
             raise ValueError(f"LoaderConfig.num_workers must be >= 0, got {self.num_workers}.")
+        if self.timeout_s < 0:
+            raise ValueError(f"LoaderConfig.timeout_s must be >= 0, got {self.timeout_s}.")
 
 
 def _world_size() -> int:
@@ -152,6 +169,8 @@ class SourceLoader:
         kwargs: dict[str, Any] = {}
         if lc.num_workers > 0:
             kwargs["prefetch_factor"] = lc.prefetch_factor
+            kwargs["timeout"] = float(lc.timeout_s)
+            kwargs["worker_init_fn"] = functools.partial(die_with_parent, os.getpid())
         self.dataloader = DataLoader(
             self.dataset,
             batch_size=config.batch_size,
@@ -181,6 +200,14 @@ class SourceLoader:
         # step, a resume after any batch): point it at our epoch so the state is honoured.
         self.dataset.next_epoch = self.epoch
         self.dataset.load_state_dict(self._streaming_state())
+        if self.loader_config.num_workers > 0:
+            # PR_SET_PDEATHSIG fires when the *thread* that started the workers ends: only
+            # use it for workers started by the main thread (the watchdog covers the rest).
+            self.dataloader.worker_init_fn = functools.partial(
+                die_with_parent,
+                os.getpid(),
+                use_pdeathsig=threading.current_thread() is threading.main_thread(),
+            )
         self._iter = iter(self.dataloader)
 
     def _streaming_state(self) -> dict[str, Any]:
@@ -201,6 +228,12 @@ class SourceLoader:
             assert self._iter is not None
             try:
                 batch = next(self._iter)
+            except (DataError, RuntimeError) as exc:  # also a worker's error, or the timeout
+                self.close()
+                clean = self._worker_error(exc)
+                if clean is exc:
+                    raise
+                raise clean from None
             except StopIteration:
                 self._iter = None
                 if self.sample_in_epoch == 0:
@@ -224,12 +257,37 @@ class SourceLoader:
         while True:
             yield self.next_batch()
 
+    def _worker_error(self, exc: BaseException) -> BaseException:
+        """The clean error behind a DataLoader ``RuntimeError``: a worker's data error (torch
+        wraps it with the worker's traceback) or the batch timeout."""
+        text = str(exc)
+        if "DataLoader timed out" in text:
+            return DataSourceError(
+                self.config.url,
+                f"no {self.source} batch from the loader workers within "
+                f"{self.loader_config.timeout_s:g}s (LoaderConfig.timeout_s): a shard download "
+                f"or a worker is stuck",
+            )
+        if "in DataLoader worker process" in text:
+            for line in reversed(text.strip().splitlines()):
+                name, sep, message = line.partition(": ")
+                cls = _DATA_ERRORS.get(name.rsplit(".", 1)[-1])
+                if sep and cls is not None:
+                    return cls(message)
+        return exc
+
     def close(self) -> None:
         """Stop the worker processes of the current epoch."""
         it, self._iter = self._iter, None
         shutdown = getattr(it, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
+
+    def release(self) -> None:
+        """Stop the workers and free the dataset's shared memory for good (the loader cannot
+        be used afterwards): see :func:`~xfm.train.data.dataset.release_shared_memory`."""
+        self.close()
+        release_shared_memory(self.dataset)
 
     # ------------------------------------------------------------------ bad samples
 
@@ -305,6 +363,44 @@ class SourceLoader:
 
 def _raw_collate(samples: list[Any]) -> list[Any]:
     return samples
+
+
+_DATA_ERRORS: dict[str, type[DataError]] = {
+    "DataSourceError": DataSourceError,
+    "TooManyBadSamplesError": TooManyBadSamplesError,
+    "DataError": DataError,
+}
+
+
+def die_with_parent(parent_pid: int, worker_id: int, *, use_pdeathsig: bool = True) -> None:
+    """``worker_init_fn``: end this loader worker as soon as its parent process dies.
+
+    Use as ``DataLoader(..., worker_init_fn=functools.partial(die_with_parent, os.getpid()))``.
+
+    torch's workers check their parent only between batches, so a worker stuck inside a
+    download would outlive a killed trainer. On Linux the kernel sends SIGKILL at the parent's
+    death (``PR_SET_PDEATHSIG``, with ``use_pdeathsig``: only when the workers are started
+    from the parent's main thread, since it fires when that thread ends); elsewhere, and as a
+    backstop, a daemon thread polls the parent's pid every second.
+    """
+    del worker_id
+    if use_pdeathsig and sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="xfm-die-with-parent", daemon=True).start()
 
 
 class MultiSourceLoader:
@@ -383,6 +479,11 @@ class MultiSourceLoader:
         """Stop all worker processes."""
         for ld in self.loaders.values():
             ld.close()
+
+    def release(self) -> None:
+        """Stop the workers and free every source's shared memory (the loader is done)."""
+        for ld in self.loaders.values():
+            ld.release()
 
 
 def build_loader(
