@@ -1,29 +1,45 @@
-"""Throughput and peak memory of one X-FM pretraining step (forward + backward + AdamW).
+"""Throughput and peak memory of one X-FM pretraining step, side by side with the official code.
 
-Configuration "small": BEiT-v2 width 384, 6 layers, 6 heads, 224 px, patch 16; text and fusion
-width 384, 6 layers each, 6 heads, vocabulary 50265; captions of 30 tokens; batch 16.
+Configs: ``small`` = BEiT-v2 width 384, 6 layers, 6 heads, 224 px, patch 16; text and fusion
+width 384, 6 layers each, 6 heads, vocabulary 50265; ``base`` = the same at width 768, 12 heads,
+12 + 12 + 12 layers (the published model size; the official GPU benchmark's ``base``).
+Captions of 30 tokens; batch 16 by default.
 
 Steps:
-  image_text  ITC + ITM (hard negatives) + fusion MLM + MIM on one image-text batch (the step
-              the official implementation was measured on: 2.40 pairs/s, 4,986 MB peak RSS,
-              fp32, 2 threads, this machine kind)
+  image_text  ITC + ITM (hard negatives) + fusion MLM + MIM on one image-text batch: the step
+              the official benchmark times (``bench_official.py``, ``bench_official_gpu.py``)
   text        text MLM on a text batch (128 tokens, 20 masks)
   multi       one batch of every source: text, image_text, region (ITC/ITM/MLM/bbox), image (MIM)
 
+Side by side: a speed figure means something only as a ratio to the official X-FM code measured
+on the same machine in the same run. With ``--official DIR`` (default ``../shared/official_bench``
+beside the repository, when present; ``--no-official`` to skip) the ``image_text`` rows alternate
+with the official benchmark, per repeat: xfm fp32, official fp32, xfm bf16, official bf16. On CPU
+the official rows run ``DIR/bench_official.py [--bf16]`` (small config only); on CUDA
+``DIR/bench_official_gpu.py --runs CONFIG:BATCH:PRECISION``. Both sides get the same threads,
+batch, warm-up and timed steps. Each xfm row carries ``official_pairs_per_s`` (same precision,
+same repeat), the ratio ``vs_official``, both peak RSS figures and their ratio (each
+subprocess's own maximum resident set, from ``os.wait4``), and for low-precision rows also the
+ratio to the official fp32 row. ``--repeats N`` repeats the whole alternation; a summary row per
+(step, precision) then gives the medians.
+
 Each (step, precision) runs in a fresh subprocess so that its peak RSS is its own. The FLOPs of
-one step are counted with ``torch.utils.flop_counter`` (matmuls and attention). Two fractions
-are printed: of the nominal GEMM peak (--peak-gflops; default the issue's figures for this machine
-kind on 2 threads, 195 fp32 / 840 bf16) and of the GEMM rate *measured in the same process just
-before the step* (the step's largest GEMM, 3152x384 @ 384x1536): the second says how close the
-step gets to what this particular machine delivers right now (shared CPUs vary by 2x).
+one step are counted once per (step, precision) with ``torch.utils.flop_counter`` (matmuls and
+attention) in a process of its own; ``fraction_of_measured_gemm`` is the step's FLOP rate over
+the rate of its largest GEMM (``[batch * 197, width] @ [width, 4 * width]``) measured in the same
+process just before the step (what this machine delivers right now); ``--peak-gflops`` adds a
+fraction of a nominal peak.
 
-bf16 autocast on a CPU without bf16 instructions (AVX2 only) runs its GEMMs many times *slower*
-than fp32; the worker measures that and reports the row as skipped with both GEMM rates, unless
---force-bf16.
+bf16 on CPU needs bf16 units (``amx_bf16`` or ``avx512_bf16`` in ``/proc/cpuinfo``); without
+them autocast runs bf16 GEMMs slower than fp32, and the bf16 rows (xfm and official) say so
+instead of a number, unless ``--force-bf16``.
 
-    python tools/bench/train_step.py                       # table, CPU, 2 threads
-    python tools/bench/train_step.py --json --steps image_text --precisions fp32
-    python tools/bench/train_step.py --device cuda --precisions fp32 bf16 fp16
+    python tools/bench/train_step.py                       # table, CPU, 2 threads, vs official
+    python tools/bench/train_step.py --json --steps image_text --repeats 3
+    python tools/bench/train_step.py --steps image_text --precisions fp32 --no-official
+    python tools/bench/train_step.py --device cuda --config base --batch 128 --precisions bf16
+
+Run it on an otherwise idle machine: on a shared 2-core machine the numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -32,9 +48,21 @@ import argparse
 import json
 import os
 import resource
-import subprocess
+import statistics
 import sys
 import time
+from pathlib import Path
+from typing import Any
+
+from side_by_side import (
+    Parser,
+    cpu_bf16_units,
+    default_official_dir,
+    fail,
+    last_json,
+    own_hwm_mb,
+    run_measured,
+)
 
 SMALL = {
     "embed_dim": 256,
@@ -61,8 +89,15 @@ SMALL = {
     },
     "fusion": {"name": "cross_attention", "layers": 6, "heads": 6, "ffn_dim": 1536},
 }
-PEAK_GFLOPS = {"fp32": 195.0, "bf16": 840.0, "fp16": 840.0}
-OFFICIAL = {"pairs_per_s": 2.40, "peak_rss_mb": 4986.0}
+BASE = {
+    "embed_dim": 256,
+    "text": {**SMALL["text"], "width": 768, "layers": 12, "heads": 12, "ffn_dim": 3072},
+    "vision": {**SMALL["vision"], "width": 768, "layers": 12, "heads": 12},
+    "fusion": {"name": "cross_attention", "layers": 12, "heads": 12, "ffn_dim": 3072},
+}
+CONFIGS = {"small": SMALL, "base": BASE}
+#: Precisions the official benchmarks have (CPU: fp32 and ``--bf16``; GPU: fp32, tf32, bf16).
+OFFICIAL_PRECISIONS = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16")}
 
 
 def _batches(step: str, batch: int, device, generator):
@@ -72,7 +107,7 @@ def _batches(step: str, batch: int, device, generator):
     from xfm.train.data.batches import ImageBatch, ImageTextBatch, RegionBatch, TextBatch
 
     g = generator
-    vocab, n_patch = SMALL["text"]["vocab_size"], (224 // 16) ** 2
+    vocab, n_patch = SMALL["text"]["vocab_size"], (224 // 16) ** 2  # same in both configs
 
     def caption_fields(b: int, t: int = 30, m: int = 15) -> dict:
         ids = torch.randint(3, vocab, (b, t), generator=g)
@@ -136,27 +171,29 @@ def _batches(step: str, batch: int, device, generator):
     return {k: v.to(device) for k, v in out.items()}
 
 
-def gemm_rate(dtype, device, seconds: float = 1.0) -> float:
-    """GFLOP/s of the step's largest GEMM shape (``[3152, 384] @ [384, 1536]``) right now."""
+def gemm_rate(dtype, device, m: int, k: int, n: int, seconds: float = 1.0) -> float:
+    """GFLOP/s of one ``[m, k] @ [k, n]`` GEMM (the step's largest shape) right now."""
     import torch
 
-    a = torch.randn(3152, 384, device=device).to(dtype)
-    b = torch.randn(384, 1536, device=device).to(dtype)
-    flop = 2 * 3152 * 384 * 1536
-    a @ b  # warm-up (oneDNN/MKL primitive creation)
-    n, t0 = 0, time.perf_counter()
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    flop = 2 * m * k * n
+    a @ b  # warm-up (oneDNN/MKL primitive creation, cuBLAS handles)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    count, t0 = 0, time.perf_counter()
     while True:
         a @ b
-        n += 1
+        count += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
-        if elapsed >= seconds or n >= 1000:
-            return n * flop / elapsed / 1e9
+        if elapsed >= seconds or count >= 1000:
+            return count * flop / elapsed / 1e9
 
 
 def worker(args: argparse.Namespace) -> dict:
-    """Measure one (step, precision) in this process; return the result row."""
+    """Measure one (step, precision) of xfm in this process; return the result row."""
     import contextlib
 
     import torch
@@ -170,36 +207,19 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    config = CONFIGS[args.config]
+    width = config["vision"]["width"]
+    gemm_shape = (args.batch * 197, width, 4 * width)
     measured: dict[str, float] = {}
     if not args.flops_only:
-        measured["gemm_fp32_gflops"] = gemm_rate(torch.float32, device)
+        measured["gemm_fp32_gflops"] = gemm_rate(torch.float32, device, *gemm_shape)
         if args.precision != "fp32":
             low = torch.bfloat16 if args.precision == "bf16" else torch.float16
-            measured[f"gemm_{args.precision}_gflops"] = gemm_rate(low, device)
-            if (
-                device.type == "cpu"
-                and measured[f"gemm_{args.precision}_gflops"] < measured["gemm_fp32_gflops"]
-                and not args.force_bf16
-            ):
-                return {
-                    "config": "small",
-                    "device": device.type,
-                    "threads": args.threads,
-                    "precision": args.precision,
-                    "step": args.step,
-                    "skipped": (
-                        f"{args.precision} GEMMs run at "
-                        f"{measured[f'gemm_{args.precision}_gflops']:.1f} GFLOP/s here vs fp32 "
-                        f"{measured['gemm_fp32_gflops']:.1f} (CPU capability "
-                        f"{torch.backends.cpu.get_cpu_capability()}: no bf16 instructions); "
-                        "--force-bf16 to run it anyway"
-                    ),
-                    **measured,
-                }
+            measured[f"gemm_{args.precision}_gflops"] = gemm_rate(low, device, *gemm_shape)
     if args.backend:
         set_default_backend(args.backend)
     torch.manual_seed(0)
-    model = XFM(XFMConfig(**SMALL)).to(device).train()
+    model = XFM(XFMConfig(**config)).to(device).train()
     sources = {
         "text": ["text"],
         "image_text": ["image_text"],
@@ -228,7 +248,13 @@ def worker(args: argparse.Namespace) -> dict:
                 total, _ = loss_module(batches)
             backward(total)
         else:  # the trainer's single-process mode: backward per stage, graphs freed early
-            loss_module(batches, backward, autocast)
+            stages = loss_module.stages(batches)
+            while True:
+                with autocast():  # a stage's forward runs when it is requested
+                    stage = next(stages, None)
+                if stage is None:
+                    break
+                backward(stage.loss)
 
     def step():
         model.clamp_temp()
@@ -251,6 +277,8 @@ def worker(args: argparse.Namespace) -> dict:
         with FlopCounterMode(display=False) as counter:
             forward_backward()
         return {"flops": counter.get_total_flops()}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(args.warmup):
         step()
     times = []
@@ -258,27 +286,254 @@ def worker(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    best = sorted(times)[len(times) // 2]  # median
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
+    median = statistics.median(times)
     row = {
-        "config": "small",
+        "impl": "xfm",
+        "config": args.config,
         "device": device.type,
         "threads": args.threads,
         "precision": args.precision,
         "step": args.step,
         "batch_pairs": pairs,
-        "pairs_per_s": pairs / best,
-        "step_s": best,
-        "peak_rss_mb": rss,
+        "pairs_per_s": pairs / median,
+        "step_s": median,
+        "step_times_s": times,
+        "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch": torch.__version__,
         **measured,
     }
     if device.type == "cuda":
         row["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        row["gpu"] = torch.cuda.get_device_name()
     return row
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def official_command(args: argparse.Namespace, official: Path, precision: str) -> list[str]:
+    """The official benchmark's command line for one row (same threads/batch/steps as ours)."""
+    if args.device.startswith("cuda"):
+        return [
+            args.official_python,
+            str(official / "bench_official_gpu.py"),
+            "--runs",
+            f"{args.config}:{args.batch}:{precision}",
+            "--warmup",
+            str(args.warmup),
+            "--steps",
+            str(args.iters),
+        ]
+    cmd = [
+        args.official_python,
+        str(official / "bench_official.py"),
+        "--threads",
+        str(args.threads),
+        "--batch",
+        str(args.batch),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.iters),
+    ]
+    return [*cmd, "--bf16"] if precision == "bf16" else cmd
+
+
+def official_row(args: argparse.Namespace, official: Path, precision: str, env) -> dict[str, Any]:
+    """Run the official benchmark once; its row (``error`` set when it failed)."""
+    res = run_measured(official_command(args, official, precision), env, args.timeout)
+    row: dict[str, Any] = {
+        "impl": "official",
+        "config": args.config,
+        "device": args.device.split(":")[0],
+        "threads": args.threads,
+        "precision": precision,
+        "step": "image_text",
+        "peak_rss_mb": res["peak_rss_mb"],
+    }
+    got = last_json(res["stdout"])
+    if res["returncode"] != 0 or got is None or "error" in got or "pairs_per_s" not in got:
+        detail = (got or {}).get("error") or res["stderr"].strip()[-1500:] or res["stdout"][-500:]
+        row["error"] = f"exit {res['returncode']}: {detail}"
+        return row
+    row["pairs_per_s"] = float(got["pairs_per_s"])
+    row["step_s"] = float(got.get("median_step_s", args.batch / row["pairs_per_s"]))
+    if "peak_rss_mb" in got:
+        row["reported_peak_rss_mb"] = float(got["peak_rss_mb"])
+    if "peak_mem_gb" in got:
+        row["peak_cuda_mb"] = float(got["peak_mem_gb"]) * 1024
+    for key in ("torch", "gpu", "step_times_s"):
+        if key in got:
+            row[key] = got[key]
+    return row
+
+
+def xfm_command(args: argparse.Namespace, step: str, precision: str) -> list[str]:
+    """The worker command line of one xfm (step, precision)."""
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--step",
+        step,
+        "--precision",
+        precision,
+        "--config",
+        args.config,
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+        "--batch",
+        str(args.batch),
+        "--warmup",
+        str(args.warmup),
+        "--iters",
+        str(args.iters),
+    ]
+    if args.backend:
+        cmd += ["--backend", args.backend]
+    if args.no_staged:
+        cmd.append("--no-staged")
+    return cmd
+
+
+def xfm_row(args: argparse.Namespace, step: str, precision: str, env) -> dict[str, Any]:
+    """Run one xfm worker; its row (``error`` set when it failed)."""
+    res = run_measured(xfm_command(args, step, precision), env, args.timeout)
+    row = last_json(res["stdout"]) if res["returncode"] == 0 else None
+    if row is None:
+        return {
+            "impl": "xfm",
+            "config": args.config,
+            "step": step,
+            "precision": precision,
+            "error": f"exit {res['returncode']}: {res['stderr'].strip()[-1500:]}",
+        }
+    row["peak_rss_mb"] = res["peak_rss_mb"]
+    return row
+
+
+def count_flops(args: argparse.Namespace, step: str, precision: str, env) -> float | None:
+    """GFLOP of one xfm step, counted in a process of its own (``None`` if that failed)."""
+    res = run_measured([*xfm_command(args, step, precision), "--flops-only"], env, args.timeout)
+    got = last_json(res["stdout"]) if res["returncode"] == 0 else None
+    return None if got is None else got["flops"] / 1e9
+
+
+def compare(row: dict[str, Any], same: dict | None, fp32: dict | None) -> None:
+    """Add the official figures measured beside ``row`` (same precision; official fp32) to it."""
+    if same is not None and "pairs_per_s" in same:
+        row["official_pairs_per_s"] = same["pairs_per_s"]
+        row["vs_official"] = row["pairs_per_s"] / same["pairs_per_s"]
+        row["official_peak_rss_mb"] = same["peak_rss_mb"]
+        row["rss_vs_official"] = row["peak_rss_mb"] / same["peak_rss_mb"]
+        if "peak_cuda_mb" in same and "peak_cuda_mb" in row:
+            row["official_peak_cuda_mb"] = same["peak_cuda_mb"]
+            row["cuda_mem_vs_official"] = row["peak_cuda_mb"] / same["peak_cuda_mb"]
+    elif same is not None:
+        row["official_error"] = same.get("error") or same.get("skipped")
+    if row["precision"] != "fp32" and fp32 is not None and "pairs_per_s" in fp32:
+        row["official_fp32_pairs_per_s"] = fp32["pairs_per_s"]
+        row["vs_official_fp32"] = row["pairs_per_s"] / fp32["pairs_per_s"]
+
+
+def add_flop_rates(row: dict[str, Any], gflop: float | None, peak: float | None) -> None:
+    """The step's GFLOP/s and its fraction of the GEMM rate measured in its process."""
+    row["gflop_per_step"] = gflop
+    if gflop is None or "step_s" not in row:
+        return
+    row["gflops_per_s"] = gflop / row["step_s"]
+    gemm = row.get(f"gemm_{row['precision']}_gflops")
+    row["fraction_of_measured_gemm"] = row["gflops_per_s"] / gemm if gemm else None
+    if peak:
+        row["fraction_of_peak"] = row["gflops_per_s"] / peak
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+HEADER = (
+    f"{'step':<11}{'prec':<6}{'impl':<9}{'rep':>4}{'pairs/s':>9}{'vs off':>8}{'vs f32':>8}"
+    f"{'step s':>8}{'RSS MB':>8}{'RSS/off':>8}{'GFLOP':>7}{'GFLOP/s':>9}{'GEMM now':>9}"
+    f"{'of GEMM':>8}"
+)
+
+
+def table_line(row: dict[str, Any]) -> str:
+    """One printed table line of a row (an error or skip says why instead of numbers)."""
+    head = (
+        f"{row['step']:<11}{row['precision']:<6}{row['impl']:<9}{_fmt(row.get('repeat'), 'd'):>4}"
+    )
+    if "skipped" in row:
+        return f"{head}  skipped: {row['skipped']}"
+    if "error" in row:
+        return f"{head}  failed: {row['error'].splitlines()[-1][:300]}"
+    gemm = row.get(f"gemm_{row['precision']}_gflops")
+    mem = row.get("peak_cuda_mb", row.get("peak_rss_mb"))
+    mem_ratio = row.get("cuda_mem_vs_official", row.get("rss_vs_official"))
+    return (
+        f"{head}{row['pairs_per_s']:>9.2f}{_fmt(row.get('vs_official'), '.2f'):>8}"
+        f"{_fmt(row.get('vs_official_fp32'), '.2f'):>8}{row['step_s']:>8.2f}"
+        f"{_fmt(mem, '.0f'):>8}{_fmt(mem_ratio, '.2f'):>8}"
+        f"{_fmt(row.get('gflop_per_step'), '.0f'):>7}{_fmt(row.get('gflops_per_s'), '.1f'):>9}"
+        f"{_fmt(gemm, '.1f'):>9}{_fmt(row.get('fraction_of_measured_gemm'), '.0%'):>8}"
+    )
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (step, precision): medians over the repeats of xfm and official pairs/s and RSS."""
+    out = []
+    keys = dict.fromkeys((r["step"], r["precision"]) for r in rows if r["impl"] == "xfm")
+    for step, precision in keys:
+
+        def ok(impl: str, s=step, p=precision) -> list[dict[str, Any]]:
+            return [
+                r
+                for r in rows
+                if r["impl"] == impl
+                and r["step"] == s
+                and r["precision"] == p
+                and "pairs_per_s" in r
+            ]
+
+        ours, theirs = ok("xfm"), ok("official")
+        if not ours:
+            continue
+        row: dict[str, Any] = {
+            "impl": "summary",
+            "step": step,
+            "precision": precision,
+            "repeats": len(ours),
+            "pairs_per_s": statistics.median(r["pairs_per_s"] for r in ours),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in ours),
+            "step_s": statistics.median(r["step_s"] for r in ours),
+        }
+        fractions = [
+            r["fraction_of_measured_gemm"] for r in ours if r.get("fraction_of_measured_gemm")
+        ]
+        if fractions:
+            row["fraction_of_measured_gemm"] = statistics.median(fractions)
+        if theirs:
+            row["official_pairs_per_s"] = statistics.median(r["pairs_per_s"] for r in theirs)
+            row["vs_official"] = row["pairs_per_s"] / row["official_pairs_per_s"]
+            row["official_peak_rss_mb"] = statistics.median(r["peak_rss_mb"] for r in theirs)
+            row["rss_vs_official"] = row["peak_rss_mb"] / row["official_peak_rss_mb"]
+        if all("peak_cuda_mb" in r for r in ours + theirs):
+            row["peak_cuda_mb"] = statistics.median(r["peak_cuda_mb"] for r in ours)
+            if theirs:
+                off = statistics.median(r["peak_cuda_mb"] for r in theirs)
+                row["official_peak_cuda_mb"] = off
+                row["cuda_mem_vs_official"] = row["peak_cuda_mb"] / off
+        fp32 = ok("official", step, "fp32")
+        if precision != "fp32" and fp32:
+            row["official_fp32_pairs_per_s"] = statistics.median(r["pairs_per_s"] for r in fp32)
+            row["vs_official_fp32"] = row["pairs_per_s"] / row["official_fp32_pairs_per_s"]
+        out.append(row)
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (user errors: one ``error: ...`` line, exit code 2)."""
+    p = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--steps",
         nargs="+",
@@ -288,16 +543,31 @@ def main() -> None:
     p.add_argument(
         "--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"]
     )
+    p.add_argument("--config", default="small", choices=sorted(CONFIGS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--iters", type=int, default=3, help="timed steps per row (median)")
+    p.add_argument("--repeats", type=int, default=1, help="repeat the whole alternation N times")
+    p.add_argument(
+        "--official",
+        type=Path,
+        default=None,
+        help="folder of the official benchmarks (default: ../shared/official_bench when present)",
+    )
+    p.add_argument("--no-official", action="store_true", help="xfm rows only")
+    p.add_argument(
+        "--official-python",
+        default=sys.executable,
+        help="interpreter for the official scripts (needs torch, transformers<5, timm)",
+    )
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per subprocess")
     p.add_argument("--backend", default=None, help="attention backend (default: auto)")
-    p.add_argument("--peak-gflops", type=float, default=None)
+    p.add_argument("--peak-gflops", type=float, default=None, help="nominal peak, for a fraction")
     p.add_argument("--no-flops", action="store_true")
     p.add_argument(
-        "--force-bf16", action="store_true", help="run bf16 even where its GEMMs are slower"
+        "--force-bf16", action="store_true", help="run bf16 on a CPU without bf16 units anyway"
     )
     p.add_argument("--no-staged", action="store_true", help="one backward of the summed loss")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -305,108 +575,128 @@ def main() -> None:
     p.add_argument("--step", default="image_text", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--flops-only", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.worker:
+        return args
+    cuda = args.device.startswith("cuda")
+    if not cuda and args.device != "cpu":
+        fail(f"--device must be cpu or cuda[:N]; got {args.device!r}")
+    if not cuda and "fp16" in args.precisions:
+        fail("fp16 needs --device cuda (use bf16 on CPU)")
+    for name in ("threads", "batch", "iters", "repeats"):
+        if getattr(args, name) < 1:
+            fail(f"--{name} must be at least 1; got {getattr(args, name)}")
+    if args.warmup < 0:
+        fail(f"--warmup must be >= 0; got {args.warmup}")
+    if args.no_official:
+        args.official = None
+    elif args.official is None:
+        args.official = default_official_dir()
+    else:
+        script = "bench_official_gpu.py" if cuda else "bench_official.py"
+        if not (args.official / script).is_file():
+            fail(f"--official {args.official}: no {script} there")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the rows (xfm and official alternating), print a table or JSON lines."""
+    args = parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    if args.device.startswith("cuda") is False and "fp16" in args.precisions:
-        p.error("fp16 needs --device cuda (use bf16 on CPU)")
+    cuda = args.device.startswith("cuda")
+    units = None if cuda else cpu_bf16_units()
+    no_bf16 = (
+        None
+        if cuda or args.force_bf16 or units is None or units
+        else "no bf16 units on this CPU (neither amx_bf16 nor avx512_bf16 in /proc/cpuinfo); "
+        "bf16 autocast would run slower than fp32 (--force-bf16 measures it anyway)"
+    )
+    official = args.official
+    official_note = None
+    if official is not None and not cuda and args.config != "small":
+        official, official_note = None, "the official CPU benchmark has the small config only"
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
     load = os.getloadavg()[0]
-    if not args.json:
-        print(
-            f"# load average {load:.2f} on {os.cpu_count()} CPUs; device {args.device}, "
-            f"{args.threads} threads, batch {args.batch}, median of {args.iters} steps"
+    header = {
+        "impl": "header",
+        "device": args.device,
+        "config": args.config,
+        "threads": args.threads,
+        "batch": args.batch,
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "repeats": args.repeats,
+        "cpu_bf16_units": units,
+        "official_dir": None if official is None else str(official),
+        "official_note": official_note,
+        "load_avg": load,
+        "cpu_count": os.cpu_count(),
+        # a child's peak RSS includes this process's at spawn time (see run_measured)
+        "parent_hwm_mb": own_hwm_mb(),
+    }
+    if args.json:
+        print(json.dumps(header), flush=True)
+    else:
+        bf16 = (
+            "n/a (CUDA)" if cuda else ("unknown" if units is None else ", ".join(units) or "none")
         )
         print(
-            f"# official X-FM, image_text step, fp32: {OFFICIAL['pairs_per_s']} pairs/s, "
-            f"{OFFICIAL['peak_rss_mb']:.0f} MB peak RSS"
+            f"# device {args.device}, config {args.config}, {args.threads} threads, batch "
+            f"{args.batch}, median of {args.iters} steps after {args.warmup} warm-up, "
+            f"{args.repeats} repeat(s); load average {load:.2f} on {os.cpu_count()} CPUs"
         )
+        print(f"# CPU bf16 units: {bf16}")
         print(
-            f"{'step':<11}{'precision':<10}{'pairs/s':>9}{'vs off.':>9}{'step s':>8}"
-            f"{'peak RSS MB':>13}{'GFLOP':>8}{'GFLOP/s':>9}{'of peak':>9}{'GEMM now':>10}"
-            f"{'of GEMM':>9}"
+            "# official: "
+            + (official_note or (str(official) if official else "not run (--official DIR)"))
         )
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    for step in args.steps:
-        for precision in args.precisions:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                "--step",
-                step,
-                "--precision",
-                precision,
-                "--device",
-                args.device,
-                "--threads",
-                str(args.threads),
-                "--batch",
-                str(args.batch),
-                "--warmup",
-                str(args.warmup),
-                "--iters",
-                str(args.iters),
-            ]
-            if args.backend:
-                cmd += ["--backend", args.backend]
-            if args.no_staged:
-                cmd.append("--no-staged")
-            if args.peak_gflops:
-                cmd += ["--peak-gflops", str(args.peak_gflops)]
-            if args.force_bf16:
-                cmd.append("--force-bf16")
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(f"# {step} {precision} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-                continue
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-            if "skipped" in row:
-                print(
-                    json.dumps(row)
-                    if args.json
-                    else f"{step:<11}{precision:<10}skipped: {row['skipped']}",
-                    flush=True,
-                )
-                continue
-            row["gflop_per_step"] = None
-            if not args.no_flops:
-                fp = subprocess.run([*cmd, "--flops-only"], env=env, capture_output=True, text=True)
-                if fp.returncode == 0:
-                    flops = json.loads(fp.stdout.strip().splitlines()[-1])["flops"]
-                    row["gflop_per_step"] = flops / 1e9
-                    row["gflops_per_s"] = flops / row["step_s"] / 1e9
-                    peak = args.peak_gflops or PEAK_GFLOPS[precision]
-                    row["fraction_of_peak"] = (
-                        row["gflops_per_s"] / peak if args.device == "cpu" else None
-                    )
-                    gemm = row.get(f"gemm_{precision}_gflops")
-                    row["fraction_of_measured_gemm"] = row["gflops_per_s"] / gemm if gemm else None
-            row["load_avg"] = load
-            row["load_avg_after"] = os.getloadavg()[0]
-            if args.json:
-                print(json.dumps(row), flush=True)
-                continue
-            vs = (
-                f"{row['pairs_per_s'] / OFFICIAL['pairs_per_s']:.2f}x"
-                if step == "image_text"
-                else ""
-            )
-            gf = row.get("gflop_per_step")
-            frac = row.get("fraction_of_peak")
-            gflop = "" if gf is None else f"{gf:.0f}"
-            rate = "" if gf is None else f"{row['gflops_per_s']:.1f}"
-            of_peak = "" if frac is None else f"{frac:.0%}"
-            gemm = row.get(f"gemm_{precision}_gflops")
-            of_gemm = row.get("fraction_of_measured_gemm")
-            print(
-                f"{step:<11}{precision:<10}{row['pairs_per_s']:>9.2f}{vs:>9}"
-                f"{row['step_s']:>8.2f}{row['peak_rss_mb']:>13.0f}"
-                f"{gflop:>8}{rate:>9}{of_peak:>9}"
-                f"{'' if gemm is None else f'{gemm:.1f}':>10}"
-                f"{'' if of_gemm is None else f'{of_gemm:.0%}':>9}",
-                flush=True,
-            )
+        print(HEADER, flush=True)
+
+    def emit(row: dict[str, Any]) -> None:
+        print(json.dumps(row) if args.json else table_line(row), flush=True)
+
+    rows: list[dict[str, Any]] = []
+    flops: dict[tuple[str, str], float | None] = {}
+    for repeat in range(args.repeats):
+        for step in args.steps:
+            official_fp32 = None
+            for precision in args.precisions:
+                base = {"config": args.config, "step": step, "precision": precision}
+                if precision == "bf16" and no_bf16:
+                    emit({"impl": "xfm", "repeat": repeat, **base, "skipped": no_bf16})
+                    continue
+                row = xfm_row(args, step, precision, env)
+                row["repeat"] = repeat
+                same = None
+                device_kind = "cuda" if cuda else "cpu"
+                if (
+                    official is not None
+                    and step == "image_text"
+                    and precision in OFFICIAL_PRECISIONS[device_kind]
+                ):
+                    same = official_row(args, official, precision, env)
+                    same["repeat"] = repeat
+                    if precision == "fp32":
+                        official_fp32 = same
+                if "error" not in row:
+                    key = (step, precision)
+                    if key not in flops:
+                        flops[key] = None if args.no_flops else count_flops(args, *key, env)
+                    add_flop_rates(row, flops[key], args.peak_gflops)
+                    compare(row, same, official_fp32)
+                    row["load_avg_after"] = os.getloadavg()[0]
+                rows.append(row)
+                emit(row)
+                if same is not None:
+                    rows.append(same)
+                    emit(same)
+    if args.repeats > 1:
+        if not args.json:
+            print("# medians over the repeats")
+        for row in summarize(rows):
+            emit(row)
 
 
 if __name__ == "__main__":

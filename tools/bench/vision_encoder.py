@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-MODELS = ("xfm", "timm", "xfm-core")
+MODELS = ("xfm", "timm")
 DEFAULT_MODELS = ("xfm", "timm")
 BACKENDS = ("sdpa", "eager")
 DTYPES = ("fp32", "bf16")
@@ -69,11 +69,7 @@ def build(model: str, image_size: int, backend: str):
         return net.forward_features, net, contextlib.nullcontext
     from xfm.core.attention import use_backend
     from xfm.vision import BEiTv2
-    from xfm.vision.attention import set_fused_bias_path
 
-    # "xfm-core": our tower with every attention call through xfm.core.attention (SDPA's math
-    # fallback when the bias needs a gradient; plain eager), to show what the fused path gains.
-    set_fused_bias_path(model == "xfm")
     net = BEiTv2(image_size=image_size, output="cls", drop_path_rate=0.0)
     return net, net, lambda: use_backend(backend)
 
@@ -170,14 +166,9 @@ def run_child(args: argparse.Namespace, **what: str) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """Markdown table: one row per (backend, dtype, mode), xfm vs timm side by side (plus
-    ``xfm-core``, ours without the fused biased-attention path, when it was measured)."""
-    core = any(r["model"] == "xfm-core" for r in results)
+    """Markdown table: one row per (backend, dtype, mode), xfm vs timm side by side."""
     head = "| backend | dtype | mode | xfm img/s | timm img/s | xfm / timm |"
     rule = "|---|---|---|---:|---:|---:|"
-    if core:
-        head += " xfm-core img/s |"
-        rule += "---:|"
     rows = [head + " xfm peak MiB | timm peak MiB |", rule + "---:|---:|"]
     by_key = {(r["backend"], r["dtype"], r["mode"], r["model"]): r for r in results}
     for dtype in DTYPES:
@@ -192,9 +183,6 @@ def table(results: list[dict[str, Any]]) -> str:
                     f"| {backend} | {dtype} | {mode} | {ours['images_per_s']:.2f} | "
                     f"{ref['images_per_s']:.2f} | {ratio:.3f} |"
                 )
-                if core:
-                    other = by_key.get((backend, dtype, mode, "xfm-core"))
-                    row += f" {other['images_per_s']:.2f} |" if other else " - |"
                 rows.append(
                     row + f" {ours['peak_over_model_mb']:.0f} | {ref['peak_over_model_mb']:.0f} |"
                 )
@@ -223,7 +211,6 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=list(DEFAULT_MODELS),
         choices=MODELS,
-        help="xfm-core: ours without the fused biased-attention path",
     )
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)

@@ -255,3 +255,21 @@ def test_lean_path_keeps_less_for_backward_than_sdpa_math():
     # lean: probabilities (fp32) + output (fp32) + keep-mask (bool)
     assert lean == probs * 4 + q.numel() * 4 + probs
     assert math_kernel > 2 * lean
+
+
+@pytest.mark.parametrize(
+    ("bias_grad", "dropout_p", "kernel"),
+    [
+        (False, 0.0, "ScaledDotProductFlashAttentionForCpuBackward0"),  # SDPA's fused kernel
+        (True, 0.0, "_LeanAttentionBackward"),  # learned bias: the one lean path
+        (False, 0.1, "_LeanAttentionBackward"),  # attention dropout
+    ],
+)
+def test_cpu_training_kernel_choice(bias_grad, dropout_p, kernel):
+    """CPU training: SDPA's fused kernel wherever no bias needs a gradient and there is no
+    dropout; the lean path (the single biased-attention path, BEiT's included) otherwise."""
+    q, k, v, _, bias = _inputs(padded=False)
+    bias = bias.detach().requires_grad_(bias_grad)
+    for backend in ("sdpa", "auto"):
+        out = attention(q, k, v, bias=bias, dropout_p=dropout_p, backend=backend)
+        assert out.grad_fn.name() == kernel

@@ -1,71 +1,74 @@
-"""The fused biased attention path against xfm.core's eager reference (values and gradients)."""
+"""The BEiT block's biased attention runs through xfm.core.attention (one path, no vision copy)
+and equals an independent float64 reference, values and gradients (the learned bias's too)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from xfm.core.attention import attention
-from xfm.vision.attention import (
-    VisionAttention,
-    biased_attention,
-    set_fused_bias_path,
-    use_fused_bias_path,
-)
+from xfm.core.layers import FusedQKVAttention, PreLNBlock
+from xfm.vision.tower import VisionBlock
+
+GRID = (2, 3)
+N = GRID[0] * GRID[1] + 1  # patches + CLS
 
 
-def _inputs(dtype=torch.float32, b=2, h=3, n=10, d=8):
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(b, h, n, d, generator=g).to(dtype).requires_grad_() for _ in range(3))
-    bias = torch.randn(h, n, n, generator=g).requires_grad_()
-    return q, k, v, bias
-
-
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
-def test_biased_attention_equals_eager(dtype, tol):
-    q, k, v, bias = _inputs(dtype)
-    scale = q.shape[-1] ** -0.5
-    got = biased_attention(q, k, v, bias, scale)
-    grads = torch.autograd.grad(got.float().square().sum(), (q, k, v, bias))
-    want = attention(q, k, v, bias=bias, backend="eager")
-    ref_grads = torch.autograd.grad(want.float().square().sum(), (q, k, v, bias))
-    assert got.dtype == dtype
-    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, atol=tol * 10, rtol=tol)
-
-
-def test_path_selection():
-    cpu = torch.device("cpu")
-    learned = torch.zeros(2, 3, 3, requires_grad=True)
-    assert use_fused_bias_path("eager", learned, cpu)
-    assert use_fused_bias_path("sdpa", learned, cpu)
-    assert not use_fused_bias_path("sdpa", learned.detach(), cpu)  # SDPA's flash kernel
-    assert not use_fused_bias_path("sdpa", None, cpu)
-    assert not use_fused_bias_path("xformers", learned, cpu)
-    assert not use_fused_bias_path("sdpa", learned, torch.device("cuda"))
+def _block(backend: str, seed: int = 0) -> VisionBlock:
+    torch.manual_seed(seed)
+    block = VisionBlock(24, 3, qkv_bias="qv", rel_pos_grid=GRID, backend=backend)
     with torch.no_grad():
-        assert not use_fused_bias_path("sdpa", learned, cpu)
-
-
-@pytest.mark.parametrize("backend", ["eager", "sdpa"])
-def test_vision_attention_matches_core_path(backend):
-    attn = VisionAttention(24, 3, qkv_bias="qv", backend=backend)
-    with torch.no_grad():
-        for p in attn.parameters():
+        for p in block.parameters():
             p.normal_(0, 0.3)
-    x = torch.randn(2, 7, 24)
-    bias = torch.randn(3, 7, 7, requires_grad=True)
-    mask = torch.ones(2, 7, dtype=torch.bool)
-    mask[1, 5:] = False
-    fused = attn(x, bias=bias)
-    # a key mask (here all True for row 0) routes through xfm.core.attention
-    core = attn(x, bias=bias, key_mask=torch.ones(2, 7, dtype=torch.bool))
-    torch.testing.assert_close(fused, core, atol=1e-6, rtol=1e-5)
-    assert attn(x, bias=bias, key_mask=mask).shape == (2, 7, 24)
-    set_fused_bias_path(False)
-    try:
-        assert not use_fused_bias_path(backend, bias, x.device)
-        torch.testing.assert_close(attn(x, bias=bias), fused, atol=1e-6, rtol=1e-5)
-    finally:
-        set_fused_bias_path(True)
+    return block.train()
+
+
+def _reference(block: VisionBlock, x: torch.Tensor) -> torch.Tensor:
+    """The block's self-attention written out in float64 from its parameters."""
+    attn = block.attn
+    b, n, d = x.shape
+    h, dh = attn.num_heads, attn.head_dim
+    w = attn.qkv.weight.double()
+    qkv_b = torch.cat((attn.q_bias, torch.zeros_like(attn.q_bias), attn.v_bias)).double()
+    qkv = x.double() @ w.t() + qkv_b
+    q, k, v = qkv.view(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(-2, -1) * dh**-0.5 + block.rel_pos().double()
+    out = torch.softmax(scores, -1) @ v
+    return out.transpose(1, 2).reshape(b, n, d) @ attn.proj.weight.double().t() + (
+        attn.proj.bias.double()
+    )
+
+
+def test_vision_block_uses_the_core_attention_module():
+    block = _block("sdpa")
+    assert type(block.attn) is FusedQKVAttention
+    # same submodules and parameter names as the plain pre-LN block (checkpoints unchanged)
+    plain = PreLNBlock(24, 3, qkv_bias="qv")
+    own = {k for k in block.state_dict() if not k.startswith("rel_pos.")}
+    assert own == set(plain.state_dict())
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "auto"])
+def test_learned_bias_attention_matches_float64_reference(backend):
+    block = _block(backend)
+    x = torch.randn(2, N, 24, generator=torch.Generator().manual_seed(1))
+    out = block.attn(x, bias=block.rel_pos())
+    ref = _reference(block, x)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    params = [block.attn.qkv.weight, block.attn.q_bias, block.attn.v_bias, block.rel_pos.table]
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    grads = torch.autograd.grad(out, params, upstream)
+    ref_grads = torch.autograd.grad(ref, params, upstream.double())
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got.double(), want.double(), atol=1e-5, rtol=1e-5)
+
+
+def test_learned_bias_attention_bf16_autocast_close_to_reference():
+    block = _block("sdpa")
+    x = torch.randn(2, N, 24, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block.attn(x, bias=block.rel_pos())
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    assert block.rel_pos.table.grad is not None and block.rel_pos.table.grad.abs().sum() > 0
+    ref = _reference(block, x)
+    torch.testing.assert_close(out.double(), ref, atol=0.1, rtol=0.05)

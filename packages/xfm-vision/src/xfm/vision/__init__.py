@@ -13,7 +13,6 @@ fusion package), :func:`resize_rel_pos_table`, :class:`BlockMaskingGenerator`,
 """
 
 from xfm.core.lazy import lazy_exports
-from xfm.vision.attention import VisionAttention, biased_attention, set_fused_bias_path
 from xfm.vision.beit import BEiTv2, BEiTv2Config
 from xfm.vision.config import VisionTowerConfig
 from xfm.vision.convert import (
@@ -37,7 +36,7 @@ from xfm.vision.rel_pos import (
 from xfm.vision.tower import VisionBlock, VisionTransformer
 from xfm.vision.vit import ViT, ViTConfig
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The image transforms need torchvision (~100 MB resident, a second of start-up): imported on
 # first use, so that building or running an encoder does not pay for it.
@@ -61,12 +60,10 @@ __all__ = [
     "RelativePositionBias",
     "ViT",
     "ViTConfig",
-    "VisionAttention",
     "VisionBlock",
     "VisionTowerConfig",
     "VisionTransformer",
     "beit_rules",
-    "biased_attention",
     "eval_transform",
     "fit_rules",
     "geometric_offsets",
@@ -78,7 +75,6 @@ __all__ = [
     "pretrain_transform",
     "relative_position_index",
     "resize_rel_pos_table",
-    "set_fused_bias_path",
     "timm_key_mapper",
     "timm_vit_rules",
 ]

@@ -18,7 +18,6 @@ from torch.nn.init import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
 from xfm.core.layers import PreLNBlock
-from xfm.vision.attention import VisionAttention
 from xfm.vision.config import VisionTowerConfig, _pair
 from xfm.vision.patch_embed import PatchEmbed, resample_abs_pos_embed
 from xfm.vision.rel_pos import RelativePositionBias
@@ -30,8 +29,8 @@ class VisionBlock(PreLNBlock):
     """A :class:`~xfm.core.layers.PreLNBlock` that may own a relative position bias table.
 
     Submodules as ``PreLNBlock`` plus ``rel_pos`` (:class:`RelativePositionBias` or ``None``);
-    ``attn`` is a :class:`~xfm.vision.attention.VisionAttention` (same parameters as
-    ``FusedQKVAttention``; the biased attention takes the fastest exact path).
+    ``attn`` is the block's :class:`~xfm.core.layers.FusedQKVAttention`, so the biased attention
+    runs through :func:`xfm.core.attention.attention` like every other attention call.
     """
 
     def __init__(
@@ -55,7 +54,6 @@ class VisionBlock(PreLNBlock):
             backend=backend,
             **kwargs,
         )
-        self.attn = VisionAttention(dim, num_heads, qkv_bias, attn_dropout, dropout, backend)
         self.rel_pos: RelativePositionBias | None = None
         if rel_pos_grid is not None:
             self.rel_pos = RelativePositionBias(rel_pos_grid, num_heads)
