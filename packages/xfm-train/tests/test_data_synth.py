@@ -13,6 +13,7 @@ from PIL import Image
 from xfm.core.cli import main
 from xfm.train.data import LoaderConfig, ProcessConfig, SourceConfig, build_loader
 from xfm.train.data.synth import COLORS, SynthConfig, build_synthetic
+from xfm.train.data.transforms import image_index_of
 
 TINY = {"image_size": 32, "num_train": 6, "num_test": 4, "num_text": 8, "vocab_size": 300}
 
@@ -145,13 +146,16 @@ def test_caption_and_region_batches(step, synth_dir: Path):
     from xfm.text.tokenizer import load_tokenizer
 
     tok = load_tokenizer(synth_dir / "tokenizer")
-    captions = {}
+    captions, image_ids = {}, {}
     for a in json.loads((synth_dir / "annotations/train.json").read_text()):
-        captions.setdefault(a["image_id"], []).append(a["caption"])
+        captions.setdefault(a["image"], []).append(a["caption"])
+        image_ids[a["image"]] = a["image_id"]
     b = step["image_text"]
     for i, key in enumerate(b.keys):
-        image_id, c = key.rsplit("-c", 1)
-        assert tok.decode(b.text_ids[i]) == captions[image_id][int(c)]
+        sample, c = key.rsplit("-c", 1)
+        image = f"images/train/{sample.split('-')[1]}.png"
+        assert tok.decode(b.text_ids[i]) == captions[image][int(c)]
+        assert b.image_index[i] == image_index_of(image_ids[image])
     real = b.masked_labels != -100
     assert real.any() and (b.masked_pos[real] > 0).all()
     rows = torch.arange(len(b)).unsqueeze(1).expand_as(b.masked_pos)
@@ -175,3 +179,44 @@ def test_caption_and_region_batches(step, synth_dir: Path):
         grid = r.region_patch_mask[i].view(4, 4)
         assert grid[int(cy // 8), int(cx // 8)]
         assert grid.sum() <= 16
+
+
+def test_scene_key_is_what_the_complete_captions_say() -> None:
+    """Equal keys <=> the same two complete captions; different keys share no complete
+    caption (so id-aware negatives exclude exactly the scenes a complete caption cannot tell
+    apart)."""
+    from xfm.train.data.synth.world import captions, sample_scene, scene_key
+
+    rng = np.random.default_rng(0)
+    scenes = [sample_scene(rng, 32) for _ in range(3000)]
+    by_key: dict[str, set[str]] = {}
+    for scene in scenes:
+        complete = set(captions(scene)[:2])
+        assert len(complete) == 2
+        seen = by_key.setdefault(scene_key(scene), complete)
+        assert seen == complete
+    owner: dict[str, str] = {}
+    for key, complete in by_key.items():
+        for caption in complete:
+            assert owner.setdefault(caption, key) == key
+    assert len(by_key) > 100  # duplicates are common: 3000 scenes, far fewer keys
+
+
+def test_a_dataset_of_an_older_format_is_built_again(tmp_path: Path) -> None:
+    from xfm.train.data.synth.build import SYNTH_FORMAT
+    from xfm.train.synthetic import ensure_synthetic
+
+    spec = {"out": str(tmp_path / "s"), "seed": 1, "image_size": 32, "num_train": 4}
+    spec |= {"num_test": 2, "num_text": 4, "vocab_size": 300}
+    ensure_synthetic(spec, progress=False)
+    manifest = tmp_path / "s" / "synth.json"
+    data = json.loads(manifest.read_text())
+    assert data["format"] == SYNTH_FORMAT
+    data["format"] = "xfm-synth-shapes/1"
+    manifest.write_text(json.dumps(data))
+    (tmp_path / "s" / "images" / "train" / "stale.png").write_bytes(b"old")
+    lines: list[str] = []
+    ensure_synthetic(spec, progress=False, print_fn=lines.append)
+    assert json.loads(manifest.read_text())["format"] == SYNTH_FORMAT
+    assert not (tmp_path / "s" / "images" / "train" / "stale.png").exists()
+    assert lines and "older xfm (xfm-synth-shapes/1)" in lines[0]

@@ -6,6 +6,14 @@ Layout of ``out``::
     tokenizer/                     RoBERTa-style BPE: tokenizer.json, vocab.json, merges.txt
     images/{train,test}/NNNNNN.png the rendered images (the task sets refer to them)
     annotations/{train,test}.json  X-VLM style pretraining list: {"image", "caption", "image_id"}
+
+``image_id`` (image-text, region, retrieval task) is ``SPLIT-`` + :func:`scene_key`: scenes that
+every complete caption describes alike share it, so that id-aware ITC/ITM (and the official
+retrieval fine-tuning, which groups by ``image_id``) never take one as the other's negative (with
+unique ids, 2000 train images have about 780 distinct keys, so the hardest "negatives" the ITC
+similarity picks are often true matches: label noise). Held-out retrieval counts a caption's
+image as found when an image of the same key is. Sample keys (``id``) and file names stay
+unique per image.
     mds/{text,image_text,region,image}/{train,test}/   MDS shards of the four sources
     tasks/retrieval_{train,test}.json  tasks/vqa_{train,test}.json  tasks/vqa_answers.json
     tasks/nlvr_{train,test}.json       tasks/refexp_{train,test}.json
@@ -16,6 +24,7 @@ Everything is a function of ``seed`` and the sizes.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +36,14 @@ from xfm.train.data.images import encode_image
 from xfm.train.data.synth.render import render
 from xfm.train.data.synth.tasks import nlvr_items, refexp_items, retrieval_item, vqa_items
 from xfm.train.data.synth.tokenizer import train_bpe_tokenizer
-from xfm.train.data.synth.world import Scene, captions, class_names, region_caption, sample_scene
+from xfm.train.data.synth.world import (
+    Scene,
+    captions,
+    class_names,
+    region_caption,
+    sample_scene,
+    scene_key,
+)
 from xfm.train.data.writers import (
     ImageTextWriter,
     ImageWriter,
@@ -97,20 +113,34 @@ def text_corpus(seed: int, count: int, image_size: int = 64) -> list[str]:
     return docs
 
 
+#: Format of ``synth.json``; 2: ``image_id`` is the scene key (see the module docstring).
+SYNTH_FORMAT = "xfm-synth-shapes/2"
+
+#: What :func:`build_synthetic` writes into its folder (removed before a rebuild).
+GENERATED = ("synth.json", "tokenizer", "images", "annotations", "mds", "tasks")
+
+
 def build_synthetic(
     out: str | Path, config: SynthConfig | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Render and write the whole synthetic dataset into ``out`` (a local folder).
+    """Render and write the whole synthetic dataset into ``out`` (a local folder, or an
+    ``s3://`` / ``gs://`` URL: built in a temporary folder, then uploaded file by file).
 
     Returns:
         The manifest (also written to ``out/synth.json``), including a write summary per
         source and split.
     """
     cfg = config or SynthConfig()
-    root = Path(out)
+    if (
+        isinstance(out, str)
+        and re.match(r"^[a-z][a-z0-9+.-]*://", out)
+        and not out.startswith("file://")
+    ):
+        return _build_remote(out, cfg, progress)
+    root = Path(str(out).removeprefix("file://"))
     root.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {
-        "format": "xfm-synth-shapes/1",
+        "format": SYNTH_FORMAT,
         "config": asdict(cfg),
         "class_names": class_names(),
         "tokenizer": "tokenizer",
@@ -138,7 +168,8 @@ def build_synthetic(
     for split in SPLITS:
         paths = [f"images/{split}/{i:06d}.png" for i in range(len(scenes[split]))]
         ids = [f"{split}-{i:06d}" for i in range(len(scenes[split]))]
-        retrieval = [retrieval_item(s, p, i) for s, p, i in zip(scenes[split], paths, ids)]
+        keys = [f"{split}-{scene_key(s)}" for s in scenes[split]]
+        retrieval = [retrieval_item(s, p, k) for s, p, k in zip(scenes[split], paths, keys)]
         vqa: list[dict[str, Any]] = []
         refexp: list[dict[str, Any]] = []
         for s, p, i in zip(scenes[split], paths, ids):
@@ -158,6 +189,23 @@ def build_synthetic(
     _write_json(root / "tasks/vqa_answers.json", sorted(answers))
     manifest["tasks"]["vqa_answers"] = "tasks/vqa_answers.json"
     _write_json(root / "synth.json", manifest)
+    return manifest
+
+
+def _build_remote(url: str, cfg: SynthConfig, progress: bool) -> dict[str, Any]:
+    """Build into a temporary local folder, then upload every file under ``url``."""
+    import tempfile
+
+    from xfm.core.checkpoint.storage import resolve
+
+    with tempfile.TemporaryDirectory(prefix="xfm-synth-") as tmp:
+        manifest = build_synthetic(tmp, cfg, progress)
+        fs, base = resolve(url)
+        files = sorted(p for p in Path(tmp).rglob("*") if p.is_file())
+        fs.put(
+            [str(p) for p in files],
+            [base.rstrip("/") + "/" + p.relative_to(tmp).as_posix() for p in files],
+        )
     return manifest
 
 
@@ -194,11 +242,12 @@ def _write_split(
         for i, text in enumerate(texts):
             tw.write(text, id=f"{split}-text-{i:06d}")
         for i, scene in enumerate(tqdm(scenes, desc=f"synth {split}", disable=not progress)):
-            image_id = f"{split}-{i:06d}"
+            sample = f"{split}-{i:06d}"  # unique sample key
+            image_id = f"{split}-{scene_key(scene)}"  # equal for indistinguishable scenes
             png = encode_image(render(scene), "PNG")
             (img_dir / f"{i:06d}.png").write_bytes(png)
             for c, caption in enumerate(captions(scene)[:n_caps]):
-                itw.write(png, caption, image_id=image_id, id=f"{image_id}-c{c}")
+                itw.write(png, caption, image_id=image_id, id=f"{sample}-c{c}")
                 annotations.append(
                     {
                         "image": f"images/{split}/{i:06d}.png",
@@ -212,10 +261,10 @@ def _write_split(
                     shape.box,
                     region_caption(scene, r),
                     image_id=image_id,
-                    id=f"{image_id}-r{r}",
+                    id=f"{sample}-r{r}",
                     size=(cfg.image_size, cfg.image_size),
                 )
-            iw.write(png, id=image_id, label=scene.shapes[0].label)
+            iw.write(png, id=sample, label=scene.shapes[0].label)
     for w in (tw, itw, rw, iw):
         summary: WriteSummary = w.summary
         manifest["summaries"][f"{w.source}/{split}"] = {

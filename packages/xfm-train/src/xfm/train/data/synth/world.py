@@ -24,6 +24,7 @@ __all__ = [
     "region_caption",
     "relation",
     "sample_scene",
+    "scene_key",
 ]
 
 COLORS: Final[dict[str, tuple[int, int, int]]] = {
@@ -126,13 +127,18 @@ def _np(s: Shape, size: bool = True) -> str:
 
 
 def captions(scene: Scene) -> list[str]:
-    """Five different true captions of ``scene`` (the first is the most complete)."""
+    """Five different true captions of ``scene``.
+
+    The first two name everything :func:`scene_key` names (every shape's size, colour and
+    kind, and the relation of two shapes), so that they are true of exactly the scenes with the
+    same key; the later ones may leave a detail out (size, relation).
+    """
     if len(scene.shapes) == 1:
         (s,) = scene.shapes
         return [
             f"a {_np(s)}",
-            f"a {s.color} {s.shape} on a grey background",
             f"there is one {s.size} {s.shape} and it is {s.color}",
+            f"a {s.color} {s.shape} on a grey background",
             f"a single {s.color} {s.shape}",
             f"one {_np(s)} alone in the picture",
         ]
@@ -145,6 +151,20 @@ def captions(scene: Scene) -> list[str]:
         f"there are two shapes: a {_np(b)} and a {_np(a)}",
         f"the {a.color} {a.shape} is {r_ab} the {b.color} {b.shape}",
     ]
+
+
+def scene_key(scene: Scene) -> str:
+    """What the complete captions of ``scene`` say, as a canonical string.
+
+    Two scenes with equal keys are described alike by every complete caption (the first two of
+    :func:`captions`): no caption can tell them apart, so training must not use one as the
+    other's negative. The synthetic datasets use it as the ``image_id`` of image-text and region
+    samples, the id that id-aware ITC/ITM treat as "the same picture".
+    """
+    if len(scene.shapes) == 1:
+        return _np(scene.shapes[0]).replace(" ", "_")
+    a, b = sorted(scene.shapes, key=lambda s: (s.color, s.shape))
+    return f"{_np(a)} {relation(a, b)} {_np(b)}".replace(" ", "_")
 
 
 def region_caption(scene: Scene, index: int) -> str:
