@@ -10,6 +10,15 @@ Sessions
     Everything installed in one environment; runs every package's tests together.
 ``lint``
     ``pre-commit run --all-files`` (ruff lint + format, whitespace, YAML, large files).
+``gpu_check``
+    The CPU dry run of ``tools/gpu_check.py`` (what the one-command GPU check would run; it
+    exits 0 and writes its plan without CUDA), so the script stays runnable.
+``build``
+    ``tools/release.py``: sdists and wheels of the six packages into ``dist/wheelhouse``, checked
+    (twine, metadata, requirements); then ``tools/tests`` installs xfm-core, xfm-text and
+    xfm-vision from that wheelhouse into a fresh environment and runs their README examples.
+``docs``
+    The documentation site (mkdocs.yml, docs/): ``mkdocs build --strict`` into a temporary folder.
 
 Every session sees one shared torch installation through a ``.pth`` file (see
 ``tools/torch_base.py``) instead of reinstalling the 5.5 GB CUDA build each time.
@@ -27,7 +36,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "tools"))
 import torch_base  # noqa: E402
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "gpu_check", "build", "docs"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
@@ -127,3 +136,55 @@ def lint(session: nox.Session) -> None:
     """Run the pre-commit hooks on every file."""
     session.install("pre-commit>=3.5")
     session.run("pre-commit", "run", "--all-files", "--show-diff-on-failure")
+
+
+@nox.session(python=PYTHON)
+def gpu_check(session: nox.Session) -> None:
+    """``tools/gpu_check.py`` without CUDA: prints its plan, writes summary.json, exits 0."""
+    _link_torch(session)
+    out = Path(session.create_tmp()) / "gpu_check"
+    session.run("python", str(ROOT / "tools" / "gpu_check.py"), "--dry-run", str(out))
+    session.run(
+        "python",
+        "-c",
+        "import json, sys; s = json.load(open(sys.argv[1])); "
+        "assert s['dry_run'] and set(s['stages']) == "
+        "{'tests', 'train_small', 'train_base_b64', 'train_base_b128', 'retrieval_base'}, s",
+        str(out / "summary.json"),
+    )
+
+
+@nox.session(python=PYTHON)
+def build(session: nox.Session) -> None:
+    """Build and check the release artifacts; install them into a fresh venv and use them."""
+    session.install("build>=1.2", "twine>=6", "packaging>=24", "pytest>=8")
+    wheelhouse = ROOT / "dist" / "wheelhouse"
+    session.run("python", str(ROOT / "tools" / "release.py"), "--outdir", str(wheelhouse))
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        str(ROOT / "tools" / "tests" / "test_release.py"),
+        *session.posargs,
+        env={"XFM_WHEELHOUSE": str(wheelhouse)},
+    )
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """``mkdocs build --strict`` of the documentation site (the packages installed: the CLI and
+    config references are generated from them)."""
+    _link_torch(session)
+    packages = [str(ROOT / "packages" / f"xfm-{package}") for package in LOCAL_DEPS]
+    session.install(*packages, "-r", str(ROOT / "docs" / "requirements.txt"), *CONSTRAINTS)
+    site = Path(session.create_tmp()) / "site"
+    session.run(
+        "mkdocs",
+        "build",
+        "--strict",
+        "--config-file",
+        str(ROOT / "mkdocs.yml"),
+        "--site-dir",
+        str(site),
+        env={"DISABLE_MKDOCS_2_WARNING": "true", "NO_MKDOCS_2_WARNING": "1"},
+    )

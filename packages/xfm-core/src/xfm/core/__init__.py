@@ -10,4 +10,4 @@ Submodules (imported on demand, so ``import xfm.core`` stays light):
 * :mod:`xfm.core.cli` — the ``xfm`` command; subcommands come from ``xfm.cli`` entry points.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -10,7 +10,7 @@ from xfm.fusion.official import (
     xfm_config_from_golden,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "UNUSED_OFFICIAL",

@@ -1,3 +1,3 @@
 """xfm.tasks: Downstream tasks: heads, fine-tuning, evaluation and metrics."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -34,7 +34,7 @@ from xfm.text.masking import IGNORE_INDEX, MaskedTokens, caption_mask, span_mask
 from xfm.text.mlm_head import MLMHead, gather_positions
 from xfm.text.tokenizer import TextTokenizer, TokenizedBatch, load_tokenizer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "IGNORE_INDEX",
