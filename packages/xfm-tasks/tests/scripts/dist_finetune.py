@@ -10,6 +10,7 @@ batches of ``2 * batch_size * accumulate`` (what two ranks with ``accumulate`` m
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
@@ -22,10 +23,12 @@ def main(config: str, out: str, mode: str = "run") -> None:
     from xfm.tasks.finetune import Finetuner, batch_samples, move_to
     from xfm.train.distributed import get_rank
 
-    overrides = ["train.accumulate=1"] if mode == "reference" else []
+    overrides = []
+    if mode == "reference":  # its own run folder: the torchrun run's outputs are checked later
+        overrides = ["train.accumulate=1", f"run_dir={Path(out).parent / 'reference_run'}"]
     cfg = load_config(FinetuneConfig, config, overrides)
     per_step = cfg.train.batch_size * 2 * (load_config(FinetuneConfig, config).train.accumulate)
-    tuner = Finetuner(cfg, print_fn=lambda _: None, overwrite=True)  # the reference reruns the dir
+    tuner = Finetuner(cfg, print_fn=lambda _: None)
     tuner.setup()
     if mode == "reference":
         data = tuner.train_data

@@ -153,8 +153,8 @@ class Finetuner:
                 model, cfg.data.expand(cfg.init_from), decoder_init=decoder_init, log=self.print
             )
             new = list(cfg.optim.new_params)
-            if decoder_init == "fusion" and hasattr(model, "text_decoder"):
-                new.append(r"^text_decoder\.")  # reported above, tensor by tensor
+            if hasattr(model, "text_decoder"):  # from the fusion layers, or new by choice
+                new.append(r"^text_decoder\.")  # (decoder_init: none); reported above
             line = check_init(report, cfg.init_from, strict=cfg.init_strict, new_params=new)
             self.print(f"initialised from {cfg.init_from}: {line}")
         self.model = model.to(self.device)

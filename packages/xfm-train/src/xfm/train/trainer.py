@@ -367,9 +367,9 @@ class Trainer:
 
     def close(self) -> None:
         """Stop loader workers and leave the process group."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # (no loader when setup failed early)
             self.loader.release()
-        if self.evaluator is not None:
+        if getattr(self, "evaluator", None) is not None:
             with contextlib.suppress(Exception):
                 self.evaluator.loader.release()
         self.engine.close()
