@@ -214,6 +214,8 @@ def test_pretrain_outputs_and_exact_resume(synth_dir: Path, tmp_path: Path) -> N
     assert summary["retrieval"]["images"] == held_out_images(synth_dir)
     evals = [r for r in read_metrics(run / "metrics.csv") if "eval/tr@1" in r]
     assert [int(r["step"]) for r in evals] == [4, 8]
+    chance = 100 / held_out_images(synth_dir)  # logged for the plot's chance lines
+    assert all(r["eval/chance@1"] == pytest.approx(chance) for r in evals)
 
     # first 4 steps only, then resume to 8
     half = tiny_config(synth_dir, tmp_path / "half", eval={"every": 4, "batch_size": 16})

@@ -228,7 +228,7 @@ class Trainer:
         evals = []
         if self.evaluator is not None:
             evals = [f"eval/{d}@{k}" for d in ("tr", "ir") for k in (1, 5, 10)]
-            evals.append("eval/r_mean")
+            evals += ["eval/r_mean", "eval/chance@1"]
         engine.columns = [*self.columns, "lr", "samples_per_s", *evals]
         if is_main_process():
             engine.run_dir.mkdir(parents=True, exist_ok=True)
@@ -316,7 +316,7 @@ class Trainer:
             return
         self.engine.log(
             self.step,
-            {f"eval/{k}": v for k, v in result.items() if "@" in k and k != "chance@1"}
+            {f"eval/{k}": v for k, v in result.items() if "@" in k}  # with chance@1 (plot)
             | {"eval/r_mean": result["r_mean"]},
         )
         self.print(
