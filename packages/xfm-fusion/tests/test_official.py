@@ -84,7 +84,9 @@ def test_check_official_exit_codes(golden_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert any(line.startswith("FAIL") and "sim_i2t" in line for line in printed.splitlines())
     assert run(tmp_path) == 2  # not a golden directory
-    assert "config.json" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: ")  # one line, on stderr
+    assert "config.json" in captured.err
 
 
 def test_unchecked_output_without_reason_fails(golden_dir, tmp_path):

@@ -31,8 +31,6 @@ def _error(path: Path | str, *overrides: str) -> str:
 
 
 def test_every_shipped_task_config_loads() -> None:
-    import yaml
-
     for path in sorted(TASKS.glob("*.yaml")):
         task = _load(path).task  # (a config with base: may take its task from the base)
         assert task and _load(path, f"task={task}").task == task
