@@ -4,6 +4,7 @@ reference, for a fusion task (NLVR2) and GLUE."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -261,6 +262,39 @@ def test_bf16_autocast_finetunes(synth: Path, tmp_path: Path, capsys) -> None:
     args = ["finetune", "glue", "--config", str(path), "precision=bf16", "--resume", str(step2)]
     assert main(args) == 0
     assert [r["loss"] for r in _loss_rows(tmp_path / "bf16_resumed")] == losses["bf16"][2:]
+
+
+def test_resume_with_a_lower_lr_scales_the_schedule(synth: Path, tmp_path: Path) -> None:
+    """Fine-tuning resumes through the same engine: ``optim.lr`` halved on ``--resume`` halves
+    the lr of every later step (the schedule's factor depends on the step only)."""
+    cfg = _glue_config(synth, tmp_path / "full", steps=4, checkpoint_every=2, keep=0)
+    assert main(["finetune", "glue", "--config", str(_write(tmp_path, "full", cfg))]) == 0
+    step2 = tmp_path / "full" / "checkpoints" / "step_00000002.pt"
+    path = _write(tmp_path, "low", _glue_config(synth, tmp_path / "low", steps=4))
+    assert (
+        main(["finetune", "glue", "--config", str(path), "optim.lr=5e-4", "--resume", str(step2)])
+        == 0
+    )
+    full = {r["step"]: r["lr"] for r in _loss_rows(tmp_path / "full")}
+    low = {r["step"]: r["lr"] for r in _loss_rows(tmp_path / "low")}
+    assert sorted(low) == [3.0, 4.0] and full[3.0] > 0
+    assert low == pytest.approx({k: full[k] / 2 for k in low})
+
+
+def test_non_finite_loss_stops_or_skips(synth: Path, tmp_path: Path, capsys) -> None:
+    """An absurd lr blows the weights up: ``stop`` (default) ends with one ``error:`` line
+    naming the loss and the step, exit 2; ``skip_step`` finishes and counts the skipped
+    steps in eval.json."""
+    cfg = _glue_config(synth, tmp_path / "stop", steps=4)
+    cfg["optim"]["lr"] = 1e30
+    assert main(["finetune", "glue", "--config", str(_write(tmp_path, "stop", cfg))]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "non-finite loss total = " in err[0] and " at step " in err[0], err
+    cfg = _glue_config(synth, tmp_path / "skip", steps=4)
+    cfg["optim"].update(lr=1e30, on_nonfinite="skip_step")
+    assert main(["finetune", "glue", "--config", str(_write(tmp_path, "skip", cfg))]) == 0
+    summary = json.loads((tmp_path / "skip" / "eval.json").read_text())
+    assert summary["steps"] == 4 and summary["skipped_steps"] >= 1
 
 
 # ------------------------------------------------------------------------------ torchrun

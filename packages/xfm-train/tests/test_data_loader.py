@@ -175,6 +175,39 @@ def test_bad_samples_are_skipped_counted_and_logged(tmp_path: Path, caplog):
     ld.close()
 
 
+def test_bad_sample_counts_survive_the_loader_state(tmp_path: Path):
+    """The counts are part of the state: a loader resumed from it continues them (and the
+    reasons), so ``max_bad_fraction`` and the reported totals cover the whole run."""
+    out = tmp_path / "bad"
+    _write_with_bad(out, 40, {3, 10, 30, 31})  # 2 in the first 16 samples, 4 in all
+
+    def loader() -> SourceLoader:
+        return SourceLoader(
+            "image",
+            SourceConfig(str(out), 8, shuffle=False),
+            LoaderConfig(max_bad_fraction=0.5, min_samples_for_bad_check=8),
+            processor=ImageProcessor(ProcessConfig(image_size=16, patch_size=8)),
+        )
+
+    first = loader()
+    first.next_batch(), first.next_batch()
+    state = first.state_dict()
+    first.close()
+    assert state["bad_samples"] == {"bad": 2, "read": 16, "reasons": {"BadSampleError": 2}}
+    again = loader()
+    again.load_state_dict(state)
+    assert again.bad_samples == (2, 16)
+    for _ in range(3):
+        again.next_batch()
+    assert again.bad_samples == (4, 40)
+    again.close()
+    old = {k: v for k, v in state.items() if k != "bad_samples"}  # a state of before
+    older = loader()
+    older.load_state_dict(old)
+    assert older.bad_samples == (0, 0)
+    older.close()
+
+
 def test_too_many_bad_samples_raise_clear_error(tmp_path: Path):
     out = tmp_path / "bad"
     _write_with_bad(out, 32, set(range(0, 32, 4)))  # 25% bad

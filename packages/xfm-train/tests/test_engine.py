@@ -3,6 +3,7 @@ backward driven by the engine, accumulation, precision and unwrapping."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -146,3 +147,95 @@ def test_non_finite_loss_names_the_part(tmp_path) -> None:
         engine.fit(step, lambda: saved.append(engine.step))
     engine.close()
     assert saved == [] and [h["step"] for h in engine.history] == [1]
+
+
+class _NanAt(nn.Module):
+    """``sum(w·x)`` whose part ``"b"`` is NaN on call ``bad_call`` (1-based)."""
+
+    def __init__(self, bad_call: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0, 2.0]))
+        self.calls, self.bad_call = 0, bad_call
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self.calls += 1
+        a = (self.w * x).sum()
+        b = a * float("nan") if self.calls == self.bad_call else a * 0
+        return a + b, {"a": a.detach(), "b": b.detach()}
+
+
+def _nan_stepper(policy: str, bad_call: int, accumulate: int = 1):
+    module = _NanAt(bad_call)
+    wrapped = wrap(module, torch.device("cpu"), "none")
+    opt = torch.optim.SGD(module.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (s + 1))
+    cpu = torch.device("cpu")
+    stepper = Stepper(
+        wrapped,
+        opt,
+        sched,
+        autocast_factory(cpu, "fp32"),
+        accumulate=accumulate,
+        on_nonfinite=policy,
+    )
+    return module, opt, sched, stepper
+
+
+def test_non_finite_stop_raises_before_backward_naming_the_part() -> None:
+    from xfm.train.nonfinite import NonFiniteLossError
+
+    module, _, _, stepper = _nan_stepper("stop", bad_call=1)
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss b = nan$"):
+        stepper.step(lambda: (torch.ones(2), 1), module)
+    assert module.w.grad is None  # raised before the backward
+    with pytest.raises(ValueError, match="on_nonfinite must be one of"):
+        _nan_stepper("ignore", 1)
+
+
+def test_non_finite_skip_step_discards_the_step() -> None:
+    """Accumulating 2: the NaN in the second micro-step of step 2 discards the gradient of its
+    first micro-step too; no optimizer or schedule step; the next step is a normal one."""
+    module, _opt, sched, stepper = _nan_stepper("skip_step", bad_call=4, accumulate=2)
+    x = torch.tensor([1.0, 3.0])
+    first = stepper.step(lambda: (x, 1), module)
+    assert first.skipped is None and first.lr == 1.0
+    w1 = module.w.detach().clone()
+    torch.testing.assert_close(w1, torch.tensor([0.0, -1.0]))  # SGD lr 1, grad = x
+    skipped = stepper.step(lambda: (x, 1), module)
+    assert skipped.skipped is not None and skipped.skipped.name == "b"
+    assert math.isnan(skipped.loss) and skipped.parts == {} and skipped.lr == 0.5
+    assert module.w.grad is None and torch.equal(module.w.detach(), w1)
+    assert sched.last_epoch == 1  # the schedule did not advance
+    third = stepper.step(lambda: (x, 1), module)
+    assert third.skipped is None and third.lr == 0.5
+    torch.testing.assert_close(module.w.detach(), w1 - 0.5 * x)
+
+
+def test_engine_counts_skipped_steps(tmp_path, caplog) -> None:
+    from xfm.train.engine import Engine, EngineSettings
+    from xfm.train.metrics import read_metrics
+
+    settings = EngineSettings(
+        run_dir=str(tmp_path), steps=4, progress=False, device="cpu", on_nonfinite="skip_step"
+    )
+    engine = Engine(settings)
+    engine.start()
+    module = _NanAt(bad_call=2)
+    engine.prepare(
+        module,
+        module,
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+        lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0),
+    )
+    x = torch.tensor([1.0, 3.0])
+    with caplog.at_level("WARNING", logger="xfm.train"):
+        engine.fit(lambda: engine.train_step(lambda: (x, 1), engine.forward), lambda: None)
+    engine.close()
+    assert "non-finite loss b = nan at step 2" in caplog.text and "skipped" in caplog.text
+    assert engine.skipped_steps == 1 and [h["step"] for h in engine.history] == [1, 3, 4]
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [r["skipped_steps"] for r in rows] == [0, 1, 1, 1]
+    # w0 = [1, 2], grad = x = [1, 3]: loss w0·x = 7; after step 1 (SGD 0.1) w·x = 7 - 0.1 * 10;
+    # the skipped step 2 changed nothing, so step 3 sees the same weights
+    assert rows[0]["loss"] == pytest.approx(7.0) and "loss" not in rows[1]
+    assert rows[2]["loss"] == pytest.approx(6.0) and rows[3]["loss"] == pytest.approx(5.0)

@@ -67,11 +67,12 @@ def test_panels_order_chance_and_title(tmp_path):
     prior = ITM_PRIOR
     assert prior == pytest.approx(-(1 / 3) * math.log(1 / 3) - (2 / 3) * math.log(2 / 3))
     assert prior == pytest.approx(0.6365, abs=1e-4)
-    cols = ["loss", "image_text/itm", "lr", "samples_per_s"]
+    cols = ["loss", "image_text/itm", "lr", "samples_per_s", "bad/image_text", "skipped_steps"]
     evals = ["eval/ir@10", "eval/ir@1", "eval/ir@5", "eval/tr@1", "eval/r_mean", "eval/chance@1"]
     logger = MetricsLogger(tmp_path, cols + evals, tensorboard=False)
     for step in range(1, 21):
         row = {"loss": 1.0 / step, "image_text/itm": 0.636, "lr": 1e-3, "samples_per_s": 9.0}
+        row |= {"bad/image_text": float(step // 5), "skipped_steps": 0.0}  # counters: no panel
         if step % 10 == 0:
             row |= {k: float(step) for k in evals[:-1]} | {"eval/chance@1": 0.5}
         logger.log(step, row)

@@ -298,12 +298,12 @@ def test_mismatched_config_is_a_clear_error_and_nothing_is_overwritten(
     cfg, ckpts = finished_run
     before = _snapshot(ckpts)
     cfg["model"]["vision"]["layers"] = 2
-    cfg["optim"]["lr"] = 5e-4
+    cfg["optim"]["new_param_lr_mult"] = 3.0  # (optim.lr may change: test_trust_nonfinite)
     with pytest.raises(CheckpointError) as err:
         run_trainer(cfg, tmp_path, resume=True, steps=4)
     msg = str(err.value)
     assert "model.vision.layers: 1 in the checkpoint, 2 now" in msg
-    assert "optim.lr: 0.001 in the checkpoint, 0.0005 now" in msg
+    assert "optim.new_param_lr_mult: 2.0 in the checkpoint, 3.0 now" in msg
     assert _snapshot(ckpts) == before
 
 

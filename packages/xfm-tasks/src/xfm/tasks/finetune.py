@@ -85,6 +85,7 @@ def engine_settings(cfg: FinetuneConfig) -> EngineSettings:
         threads=cfg.threads,
         accumulate=tc.accumulate,
         grad_clip=cfg.optim.grad_clip,
+        on_nonfinite=cfg.optim.on_nonfinite,
         checkpoint_every=tc.checkpoint_every,
         checkpoint_keep=tc.keep,
         log_every=tc.log_every,
@@ -251,6 +252,7 @@ class Finetuner:
             "seconds": elapsed,
             "first_loss": history[0]["loss"] if history else math.nan,
             "last_loss": history[-1]["loss"] if history else math.nan,
+            "skipped_steps": engine.skipped_steps,
             "eval": evals,
             "run_dir": str(self.run_dir),
         }

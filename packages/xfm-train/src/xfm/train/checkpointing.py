@@ -676,15 +676,34 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix}: {a!r} in the checkpoint, {b!r} now"]
 
 
-#: Config sections that must match for an exact resume.
+#: Config sections that must match for an exact resume (except :data:`RESUME_CHANGEABLE`).
 RESUME_KEYS = ("model", "seed", "precision", "optim", "data")
+
+#: Settings of :data:`RESUME_KEYS` that ``--resume`` may change on purpose: pure optimizer
+#: hyper-parameters (the resumed optimizer and schedule take the new values: see
+#: :meth:`xfm.train.engine.state.Checkpoints.resume`) and the non-finite policy. Everything
+#: else of those sections (the model, the data, ``accumulate``, the parameter groups, the
+#: schedule's shape) changes what a step computes and is refused. Sections outside
+#: ``RESUME_KEYS`` (``steps``, ``checkpoint.*``, ``eval.*``, ``log.*``) may always change.
+RESUME_CHANGEABLE = frozenset(
+    {
+        "optim.lr",
+        "optim.weight_decay",
+        "optim.betas",
+        "optim.eps",
+        "optim.grad_clip",
+        "optim.on_nonfinite",
+    }
+)
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], url: str) -> None:
-    """Raise :class:`CheckpointError` listing every setting that differs from the checkpoint."""
+    """Raise :class:`CheckpointError` listing every setting that differs from the checkpoint
+    (in :data:`RESUME_KEYS`, except the intended changes of :data:`RESUME_CHANGEABLE`)."""
     diffs: list[str] = []
     for key in RESUME_KEYS:
         diffs.extend(_diff(saved.get(key), current.get(key), key))
+    diffs = [d for d in diffs if d.split(":", 1)[0] not in RESUME_CHANGEABLE]
     if diffs:
         raise CheckpointError(
             f"cannot resume from {url!r}: the config does not match the one it was trained "

@@ -251,6 +251,18 @@ class OptimSection:
         grad_clip: max global gradient norm (0: off).
         accumulate: micro-batches per optimizer step.
         fused: fused AdamW kernel (``None``: when the device supports it, else foreach).
+        on_nonfinite: what a NaN / infinite loss does (each loss is checked right after its
+            forward, before anything consumes it, e.g. ITM's hard-negative sampling):
+            ``stop`` ends the run with one error naming the loss and the step (the newest
+            checkpoint is the last good state: resume it, e.g. with a lower ``lr``);
+            ``skip_step`` discards that step (gradients zeroed, no optimizer or schedule
+            step; the step still counts towards ``steps`` and its batches are consumed),
+            logs a warning naming the loss and counts it in ``skipped_steps`` (metrics,
+            summary, checkpoint). ``skip_step`` needs a single process.
+
+    ``--resume`` may change ``lr``, ``weight_decay``, ``betas``, ``eps``, ``grad_clip`` and
+    ``on_nonfinite`` (the resumed optimizer and schedule follow them); any other change of
+    this section is refused (see :data:`xfm.train.checkpointing.RESUME_CHANGEABLE`).
     """
 
     lr: NonNegativeFloat = 1e-4
@@ -270,6 +282,7 @@ class OptimSection:
     grad_clip: NonNegativeFloat = 1.0
     accumulate: PositiveInt = 1
     fused: bool | None = None
+    on_nonfinite: Literal["stop", "skip_step"] = "stop"
 
 
 @dataclass

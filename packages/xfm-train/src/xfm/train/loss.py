@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from xfm.core.registry import create
+from xfm.train.nonfinite import NonFiniteLossError, check_finite
 from xfm.train.objectives.base import Objective, Stage
 from xfm.train.objectives.context import BatchContext
 
@@ -127,12 +128,18 @@ class PretrainLoss(nn.Module):
         total: torch.Tensor | None = None
         parts: dict[str, torch.Tensor] = {}
         for name, weight, objective in objectives:
-            out = objective(ctx)
+            try:
+                out = objective(ctx)
+            except NonFiniteLossError as err:  # e.g. ITM's sampling saw non-finite similarities
+                raise err.in_source(ctx.source) from None
             if set(out) != set(objective.losses):
                 raise ValueError(
                     f"objective {name!r} returned losses {sorted(out)} but declares "
                     f"{list(objective.losses)}"
                 )
+            # before the next objective consumes what this one computed (ITM samples its
+            # negatives from the ITC similarities): a NaN is named here, as a loss
+            check_finite({f"{ctx.source}/{key}": out[key] for key in objective.losses})
             for key in objective.losses:
                 value = out[key]
                 parts[f"{ctx.source}/{key}"] = value.detach()

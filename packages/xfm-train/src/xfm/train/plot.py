@@ -66,9 +66,11 @@ def panels(rows: list[dict[str, float]]) -> list[str]:
     """The panel keys of ``metrics.csv`` rows, in plotting order: the loss columns as logged
     (total, then ``source/loss`` or a task's loss parts), then the evaluation metrics
     (``eval/...`` of pretraining, ``split/...`` of fine-tuning) in natural order
-    (``tr@1, tr@5, tr@10, ir@1, ..., r_mean``). ``step``, ``lr`` and ``samples_per_s`` get no panel, and
-    ``eval/chance@K`` columns are drawn as lines, not panels."""
-    skip = {"step", "lr", "samples_per_s"}
+    (``tr@1, tr@5, tr@10, ir@1, ..., r_mean``). ``step``, ``lr``, ``samples_per_s`` and the
+    counters (``bad/<source>``, ``skipped_steps``) get no panel, and ``eval/chance@K`` columns
+    are drawn as lines, not panels."""
+    skip = {"step", "lr", "samples_per_s", "skipped_steps"}
+    skip |= {k for r in rows for k in r if k.startswith("bad/")}
     keys = [k for k in rows[0] if k not in skip and not k.startswith("eval/")]
     evals = {k for r in rows for k in r if k not in skip and k not in keys and "chance" not in k}
     keys += sorted(evals, key=_eval_order)

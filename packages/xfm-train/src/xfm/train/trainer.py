@@ -54,6 +54,7 @@ def engine_settings(cfg: PretrainConfig) -> EngineSettings:
         compile=cfg.compile,
         accumulate=cfg.optim.accumulate,
         grad_clip=cfg.optim.grad_clip,
+        on_nonfinite=cfg.optim.on_nonfinite,
         checkpoint_dir=cfg.checkpoint.url,
         checkpoint_every=cfg.checkpoint.every,
         checkpoint_keep=cfg.checkpoint.keep,
@@ -229,7 +230,10 @@ class Trainer:
         if self.evaluator is not None:
             evals = [f"eval/{d}@{k}" for d in ("tr", "ir") for k in (1, 5, 10)]
             evals += ["eval/r_mean", "eval/chance@1"]
-        engine.columns = [*self.columns, "lr", "samples_per_s", *evals]
+        counters = [f"bad/{source}" for source in self.loader.sources]
+        if cfg.optim.on_nonfinite == "skip_step":
+            counters.append("skipped_steps")
+        engine.columns = [*self.columns, "lr", "samples_per_s", *counters, *evals]
         if is_main_process():
             engine.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, engine.run_dir / "config.yaml")
@@ -269,11 +273,14 @@ class Trainer:
         return batches, sum(len(b) for b in batches.values())
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step; returns the step's metrics (losses averaged over micro-steps)."""
+        """One optimizer step; returns the step's metrics (losses averaged over micro-steps)
+        with the cumulative bad-sample count of each source, ``bad/<source>``."""
         self.model.clamp_temp()
-        return self.engine.train_step(
+        values = self.engine.train_step(
             self._next_batches, self.engine.forward, self.loss_module.stages
         )
+        values.update({f"bad/{k}": float(n) for k, n in self.loader.bad_samples().items()})
+        return values
 
     def evaluate(self) -> dict[str, float] | None:
         """Zero-shot retrieval on the held-out split (None without ``data.eval_url``)."""
@@ -345,6 +352,8 @@ class Trainer:
                 k: sum(h[k] for h in hist[-n:]) / n for k in self.columns if hist and k in hist[-1]
             }
             summary["first"], summary["last"] = first, last
+            summary["bad_samples"] = self.loader.bad_samples()
+            summary["skipped_steps"] = engine.skipped_steps
             self.print(
                 f"trained {steps} steps in {elapsed:.0f}s; losses (mean of first/last {n} steps):"
             )
@@ -359,6 +368,15 @@ class Trainer:
                 png = plot_run(engine.run_dir)
                 summary["plot"] = str(png)
                 self.print(f"loss curves: {png}")
+            if any(summary["bad_samples"].values()):
+                self.print(
+                    "bad samples skipped (whole run): "
+                    + ", ".join(f"{k} {n}" for k, n in summary["bad_samples"].items())
+                )
+            if engine.skipped_steps:
+                self.print(
+                    f"steps skipped for a non-finite loss (whole run): {engine.skipped_steps}"
+                )
             self.print(f"checkpoints: {engine.ckpt_dir}")
             if self.cfg.checkpoint.export_safetensors:
                 self.print(f"weights: {join_url(engine.ckpt_dir, 'model.safetensors')}")

@@ -328,14 +328,18 @@ class SourceLoader:
 
     @property
     def bad_samples(self) -> tuple[int, int]:
-        """``(bad, read)`` sample counts of this process since it was built."""
+        """``(bad, read)`` sample counts of this process over the run (continued from the
+        loader state given to :meth:`load_state_dict`)."""
         return self._stats.bad, self._stats.raw
 
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"epoch", "sample_in_epoch", "url", "seed", "batch_size", "world_size"}``."""
+        """``{"epoch", "sample_in_epoch", "url", "seed", "batch_size", "world_size",
+        "bad_samples": {"bad", "read", "reasons"}}`` (the bad-sample counts of this process)."""
+        st = self._stats
         return {
+            "bad_samples": {"bad": st.bad, "read": st.raw, "reasons": dict(st.reasons)},
             "epoch": self.epoch,
             "sample_in_epoch": self.sample_in_epoch,
             "url": self.config.url,
@@ -359,6 +363,10 @@ class SourceLoader:
         self.close()
         self.epoch = int(state["epoch"])
         self.sample_in_epoch = int(state["sample_in_epoch"])
+        counts = state.get("bad_samples") or {}  # (absent from states of older versions)
+        self._stats.bad = int(counts.get("bad", 0))
+        self._stats.raw = int(counts.get("read", 0))
+        self._stats.reasons = {str(k): int(v) for k, v in (counts.get("reasons") or {}).items()}
 
 
 def _raw_collate(samples: list[Any]) -> list[Any]:
@@ -454,6 +462,10 @@ class MultiSourceLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
             yield self.next_step()
+
+    def bad_samples(self) -> dict[str, int]:
+        """Bad (skipped) samples so far by source (this process; they survive a resume)."""
+        return {name: ld.bad_samples[0] for name, ld in self.loaders.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """``{"version", "step", "sources": {name: SourceLoader.state_dict()}}``."""

@@ -25,6 +25,7 @@ is its own: data, model, loss and summary. It calls, in order::
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xfm.core.cli.errors import UserError
 from xfm.train.checkpointing import check_writable, export_weights
 from xfm.train.distributed import (
     barrier,
@@ -50,8 +52,11 @@ from xfm.train.engine.state import Checkpoints, Resumed
 from xfm.train.engine.step import Compute, NextBatch, Stages, Stepper
 from xfm.train.engine.wrapping import Wrapped, freeze_unreached, frozen_groups, resolve_mode, wrap
 from xfm.train.metrics import MetricsLogger
+from xfm.train.nonfinite import NonFiniteLossError
 
 __all__ = ["Engine", "EngineSettings"]
+
+log = logging.getLogger("xfm.train")
 
 
 @dataclass
@@ -79,6 +84,11 @@ class EngineSettings:
         name: the progress bar's label.
         overwrite: start afresh in a run folder that holds an earlier run, deleting its
             outputs and checkpoints (without it, such a folder is refused unless resuming).
+        on_nonfinite: what a non-finite loss does: ``stop`` (the run ends with an error naming
+            the loss and the step; the newest checkpoint is the last good state) or
+            ``skip_step`` (that step's gradients are discarded, no optimizer or schedule step;
+            the step still counts towards ``steps`` and consumed its batches; a warning names
+            the loss; counted in ``skipped_steps``). ``skip_step`` needs a single process.
     """
 
     run_dir: str
@@ -100,6 +110,7 @@ class EngineSettings:
     progress: bool = True
     name: str = "train"
     overwrite: bool = False
+    on_nonfinite: str = "stop"
 
 
 def _non_finite(values: dict[str, float], step: int) -> str:
@@ -107,6 +118,19 @@ def _non_finite(values: dict[str, float], step: int) -> str:
     parts = [k for k in values if k not in ("loss", "lr", "samples_per_s")]
     name = next((k for k in parts if not math.isfinite(values[k])), "loss")
     return f"non-finite loss {name} = {values[name]} at step {step}"
+
+
+def _postfix(values: dict[str, float]) -> dict[str, str]:
+    """The progress bar's postfix: loss, throughput, and the counters that are non-zero
+    (``skipped_steps``, ``bad/<source>``)."""
+    out = {}
+    if "loss" in values:
+        out["loss"] = f"{values['loss']:.3f}"
+    out["sps"] = f"{values['samples_per_s']:.1f}"
+    for key, value in values.items():
+        if (key == "skipped_steps" or key.startswith("bad/")) and value:
+            out[key.replace("_steps", "")] = str(int(value))
+    return out
 
 
 class Engine:
@@ -123,6 +147,10 @@ class Engine:
         self.print = print_fn if is_main_process() else (lambda _: None)
         self.step = 0
         self.history: list[dict[str, float]] = []
+        #: optimizer steps discarded for a non-finite loss (``on_nonfinite=skip_step``)
+        self.skipped_steps = 0
+        #: the step of the newest checkpoint this run wrote or resumed from
+        self.saved_step: int | None = None
         self.columns: list[str] | None = None
         self.metrics: MetricsLogger | None = None
         self.resume_step: int | None = None
@@ -187,6 +215,12 @@ class Engine:
                     f"{frozen_groups(self.frozen)}"
                 )
         self.wrapped = wrap(module, self.device, s.distributed, s.compile, find_unused_parameters)
+        if s.on_nonfinite == "skip_step" and self.wrapped.mode != "none":
+            raise UserError(
+                f"optim.on_nonfinite=skip_step needs a single process (this run is "
+                f"{self.wrapped.mode} on {self.world} ranks, whose steps must agree); use "
+                f"on_nonfinite=stop and resume with a lower optim.lr after a non-finite loss"
+            )
         self.optimizer = build_optimizer(self.wrapped.trainable)
         self.scheduler = build_scheduler(self.optimizer)
         self.scaler = make_scaler(s.precision)
@@ -198,6 +232,7 @@ class Engine:
             self.scaler,
             s.accumulate,
             s.grad_clip,
+            s.on_nonfinite,
         )
         self.checkpoints = Checkpoints(
             self.ckpt_dir,
@@ -229,6 +264,8 @@ class Engine:
             self.step = resumed.step
             self.history = resumed.history
             self.resume_step = resumed.step
+            self.skipped_steps = int(resumed.engine.get("skipped_steps", 0))
+            self.saved_step = resumed.step
             self.finished = self.step >= self.settings.steps
             if self.finished:
                 self.print(
@@ -242,7 +279,11 @@ class Engine:
 
     def save_checkpoint(self, loader: Any, config: dict[str, Any]) -> str | None:
         """Training state after ``self.step`` steps (collective; URL on rank 0)."""
-        return self.checkpoints.save(self.step, loader, config, self.history)
+        url = self.checkpoints.save(
+            self.step, loader, config, self.history, {"skipped_steps": self.skipped_steps}
+        )
+        self.saved_step = self.step
+        return url
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """Full model state on rank 0 (collective under FSDP)."""
@@ -269,10 +310,35 @@ class Engine:
     def train_step(
         self, next_batch: NextBatch, compute: Compute, stages: Stages | None = None
     ) -> dict[str, float]:
-        """One optimizer step; ``{"loss", parts..., "lr", "_samples"}`` (all ranks)."""
-        result = self.stepper.step(next_batch, compute, stages)
+        """One optimizer step; ``{"loss", parts..., "lr", "_samples"}`` (all ranks), with
+        ``skipped_steps`` under ``on_nonfinite=skip_step``; a skipped step's values are
+        ``{"lr", "skipped_steps", "_samples", "_skipped": the reason}`` (no losses).
+
+        Raises:
+            NonFiniteLossError: a non-finite loss under ``on_nonfinite=stop``.
+        """
+        try:
+            result = self.stepper.step(next_batch, compute, stages)
+        except NonFiniteLossError as err:
+            if self.saved_step is not None:
+                what = (
+                    f"its newest checkpoint (step {self.saved_step}) is intact: --resume it "
+                    f"with a lower optim.lr"
+                )
+            else:
+                what = "no checkpoint was written yet: rerun with a lower optim.lr"
+            raise err.at_step(
+                self.step + 1,
+                f" (optim.on_nonfinite=stop: the run stops; {what}, or set "
+                f"optim.on_nonfinite=skip_step)",
+            ) from None
         self.step += 1
-        values = {"loss": result.loss, **result.parts, "lr": result.lr}
+        values: dict[str, Any] = {"loss": result.loss, **result.parts, "lr": result.lr}
+        if result.skipped is not None:
+            self.skipped_steps += 1
+            values = {"lr": result.lr, "_skipped": result.skipped.at_step(self.step)}
+        if self.settings.on_nonfinite == "skip_step":
+            values["skipped_steps"] = float(self.skipped_steps)
         values["_samples"] = float(result.samples * self.world)
         return values
 
@@ -284,6 +350,8 @@ class Engine:
         if self.metrics is None:
             s = self.settings
             columns = self.columns or [k for k in values if not k.startswith("_")]
+            if not self.columns and "skipped_steps" in values and "loss" not in columns:
+                columns.insert(0, "loss")  # (a first row of a skipped step has no losses)
             self.metrics = MetricsLogger(self.run_dir, columns, s.tensorboard, self.resume_step)
         self.metrics.log(step, values)
 
@@ -322,15 +390,17 @@ class Engine:
                 values["samples_per_s"] = sum(n for n, _ in window) / max(
                     sum(d for _, d in window), 1e-9
                 )
-                if not math.isfinite(values["loss"]):
+                skipped = values.pop("_skipped", None)
+                if skipped is not None:
+                    log.warning("%s: step skipped (optim.on_nonfinite=skip_step)", skipped)
+                elif not math.isfinite(values["loss"]):
                     raise FloatingPointError(_non_finite(values, self.step))
-                self.history.append({"step": self.step, **values})
+                else:  # (a skipped step has no losses: kept out of the history)
+                    self.history.append({"step": self.step, **values})
                 if self.step % s.log_every == 0 or self.step == s.steps:
                     self.log(self.step, values)
                 if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{values['loss']:.3f}", sps=f"{values['samples_per_s']:.1f}"
-                    )
+                    bar.set_postfix(_postfix(values))
                     bar.update(1)
                 if on_step is not None:
                     on_step(values)

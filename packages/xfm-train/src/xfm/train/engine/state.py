@@ -40,6 +40,8 @@ class Resumed:
     step: int
     loader: Any
     history: list[dict[str, float]] = field(default_factory=list)
+    #: the engine's own counters (``skipped_steps``)
+    engine: dict[str, Any] = field(default_factory=dict)
 
 
 class Checkpoints:
@@ -94,6 +96,7 @@ class Checkpoints:
         loader: Any,
         config: dict[str, Any],
         history: list[dict[str, float]] | None = None,
+        counters: dict[str, int] | None = None,
     ) -> str | None:
         """Write the state after ``step`` optimizer steps (rank 0) and prune old checkpoints.
 
@@ -119,6 +122,7 @@ class Checkpoints:
                 "loader": loader,
                 "config": config,
                 "history": (history or [])[-1000:],
+                "engine": dict(counters or {}),
             }
             url = save_training_state(state, self.directory, step)
             prune_checkpoints(self.directory, self.keep, step)
@@ -135,8 +139,9 @@ class Checkpoints:
         directory; a URL: that one; ``False``: nothing, returns ``None``).
 
         ``config`` (the current run's) must match the saved one in the sections that decide
-        the result (:func:`xfm.train.checkpointing.check_compatible`); ``load_loader`` gets
-        the saved data-loader state.
+        the result (:func:`xfm.train.checkpointing.check_compatible`); the intended changes
+        it allows (``optim.lr``, weight decay...) are applied to the resumed optimizer and
+        schedule. ``load_loader`` gets the saved data-loader state.
         """
         if not target:
             return None
@@ -148,6 +153,12 @@ class Checkpoints:
             )
         state = load_training_state(url)
         check_compatible(state["config"], config, url)
+        # the optimizer and schedule as this run's config built them: a resume may change
+        # their hyper-parameters (RESUME_CHANGEABLE), which loading the saved states undoes
+        fresh_groups = [
+            {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
+        ]
+        fresh_base = list(getattr(self.scheduler, "base_lrs", []))
         try:
             if self.wrapped.mode == "fsdp":
                 fsdp.load_full_state(
@@ -159,6 +170,7 @@ class Checkpoints:
         except (CheckpointError, ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"cannot resume from {url!r}: {err}") from err
         self.scheduler.load_state_dict(state["scheduler"])
+        self._reapply_hyperparameters(fresh_groups, fresh_base)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if load_loader is not None:
@@ -166,4 +178,33 @@ class Checkpoints:
         rank_rng = state["rng"]
         rng = rank_rng[get_rank()] if isinstance(rank_rng, list) else rank_rng
         restore_rng(rng, self.generator)
-        return Resumed(url, int(state["step"]), state["loader"], list(state.get("history", [])))
+        return Resumed(
+            url,
+            int(state["step"]),
+            state["loader"],
+            list(state.get("history", [])),
+            dict(state.get("engine") or {}),
+        )
+
+    def _reapply_hyperparameters(
+        self, fresh_groups: list[dict[str, Any]], fresh_base: list[float]
+    ) -> None:
+        """After loading the saved optimizer and schedule: give each param group the
+        hyper-parameters of this run's config again (weight decay, betas, eps...), and when
+        the base learning rates differ (``optim.lr`` changed on resume), scale each group's
+        current lr by new base / saved base so that the schedule continues from the new peak."""
+        groups = self.optimizer.param_groups
+        if len(groups) != len(fresh_groups):
+            return
+        saved_base = list(getattr(self.scheduler, "base_lrs", []))
+        for i, (group, fresh) in enumerate(zip(groups, fresh_groups, strict=True)):
+            for key, value in fresh.items():
+                if key not in ("lr", "initial_lr"):
+                    group[key] = value
+            if i < len(fresh_base) and i < len(saved_base) and fresh_base[i] != saved_base[i]:
+                if saved_base[i]:
+                    group["lr"] = group["lr"] * fresh_base[i] / saved_base[i]
+                group["initial_lr"] = fresh_base[i]
+        if fresh_base and len(fresh_base) == len(saved_base):
+            self.scheduler.base_lrs = list(fresh_base)
+            self.scheduler._last_lr = [g["lr"] for g in groups]

@@ -13,6 +13,7 @@ The engine calls ``backward``, never the loss. A loss is given to :meth:`Stepper
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from torch import nn
 from xfm.train import fsdp
 from xfm.train.engine.runtime import Autocast
 from xfm.train.engine.wrapping import Wrapped
+from xfm.train.nonfinite import NONFINITE_POLICIES, NonFiniteLossError, check_finite
 
 __all__ = ["Stage", "StepResult", "Stepper"]
 
@@ -51,6 +53,8 @@ class StepResult:
     parts: dict[str, float]
     lr: float
     samples: int
+    #: why the step was skipped (``on_nonfinite=skip_step``), else ``None``
+    skipped: NonFiniteLossError | None = None
 
 
 class Stepper:
@@ -64,6 +68,10 @@ class Stepper:
         accumulate: micro-steps per optimizer step; each micro-step's loss is divided by it,
             so mean-reduced losses give the gradient of one ``accumulate`` times larger batch.
         grad_clip: max global gradient norm (0: off).
+        on_nonfinite: a non-finite loss (checked after each forward or stage, before its
+            backward) ends the run (``stop``: :class:`NonFiniteLossError` propagates) or
+            discards the step (``skip_step``: gradients zeroed, no optimizer or schedule step,
+            the step's remaining micro-batches not read; :attr:`StepResult.skipped` says why).
     """
 
     def __init__(
@@ -75,7 +83,12 @@ class Stepper:
         scaler: torch.amp.GradScaler | None = None,
         accumulate: int = 1,
         grad_clip: float = 0.0,
+        on_nonfinite: str = "stop",
     ) -> None:
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"on_nonfinite must be one of {NONFINITE_POLICIES}; got {on_nonfinite!r}"
+            )
         if accumulate < 1:
             raise ValueError(f"accumulate must be >= 1; got {accumulate}")
         self.wrapped = wrapped
@@ -85,6 +98,7 @@ class Stepper:
         self.scaler = scaler
         self.accumulate = accumulate
         self.grad_clip = grad_clip
+        self.on_nonfinite = on_nonfinite
 
     def backward(self, loss: torch.Tensor) -> None:
         """Back-propagate one micro-step's (or stage's) loss, scaled by ``1/accumulate``."""
@@ -111,6 +125,7 @@ class Stepper:
         with ctx:
             with self.autocast():
                 total, parts = compute(batch)
+            check_finite({**parts, "total": total})  # before backward
             self.backward(total)
         return total.detach(), parts
 
@@ -123,6 +138,7 @@ class Stepper:
                 stage = next(it, None)
             if stage is None:
                 break
+            check_finite({**stage.parts, "total": stage.loss})  # before backward
             self.backward(stage.loss)
             loss = stage.loss.detach()
             total = loss if total is None else total + loss
@@ -137,7 +153,26 @@ class Stepper:
         compute: Compute,
         stages: Stages | None = None,
     ) -> StepResult:
-        """One optimizer step: ``accumulate`` micro-steps, clip, optimizer, schedule."""
+        """One optimizer step: ``accumulate`` micro-steps, clip, optimizer, schedule.
+
+        A non-finite loss raises :class:`NonFiniteLossError` (``stop``) or returns a result
+        with ``skipped`` set, ``loss`` NaN and no parts (``skip_step``).
+        """
+        try:
+            return self._step(next_batch, compute, stages)
+        except NonFiniteLossError as err:
+            if self.on_nonfinite != "skip_step":
+                raise
+            self.optimizer.zero_grad(set_to_none=True)  # discard the step's gradients
+            lr = self.scheduler.get_last_lr()[0]
+            return StepResult(math.nan, {}, float(lr), 0, skipped=err)
+
+    def _step(
+        self,
+        next_batch: Callable[[], tuple[Any, int]],
+        compute: Compute,
+        stages: Stages | None = None,
+    ) -> StepResult:
         acc = self.accumulate
         total = None
         parts: dict[str, torch.Tensor] = {}

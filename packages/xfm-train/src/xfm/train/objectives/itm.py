@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 import torch.nn.functional as F
 
+from xfm.train.nonfinite import NonFiniteLossError, first_non_finite
 from xfm.train.objectives.base import Objective, Stage
 
 if TYPE_CHECKING:
@@ -66,10 +67,16 @@ def sample_hard_negatives(
     :func:`hard_negative_weights` of the local ITC similarities (one vectorised
     ``torch.multinomial`` each; deterministic given ``generator``).
 
+    Raises:
+        NonFiniteLossError: a similarity is NaN or infinite (checked before sampling).
+
     Returns:
         ``(neg_image_idx, neg_text_idx)``, each ``[B]`` int64.
     """
     sim_i2t = image_feat.float() @ text_feat.float().t() / temp.float()
+    bad = first_non_finite(sim_i2t)
+    if bad is not None:  # torch.multinomial would fail with "probability tensor contains ..."
+        raise NonFiniteLossError("itm (ITC similarities it samples from)", bad, what="value")
     w_t2i = hard_negative_weights(sim_i2t.t(), ids, uniform_mix)
     w_i2t = hard_negative_weights(sim_i2t, ids, uniform_mix)
     if generator is not None and generator.device != w_t2i.device:
