@@ -256,3 +256,23 @@ def test_schema_validation_messages():
                 "height": 9,
             }
         )
+
+
+def test_resume_refuses_another_num_canonical_nodes(synth_dir: Path):
+    """The loader state records ``num_canonical_nodes`` (the epoch's order depends on it, not
+    on the number of ranks); resuming with another value is refused, naming the setting."""
+    url = str(synth_dir / "mds" / "image_text" / "train")
+    first = SourceLoader("image_text", SourceConfig(url, 4), LoaderConfig(seed=2))
+    first.next_batch()
+    state = first.state_dict()
+    first.release()
+    assert state["num_canonical_nodes"] == 1 and state["sample_in_epoch"] == 4
+    other = SourceLoader(
+        "image_text", SourceConfig(url, 4), LoaderConfig(seed=2, num_canonical_nodes=2)
+    )
+    with pytest.raises(ValueError, match=r"num_canonical_nodes 1.*num_canonical_nodes=1"):
+        other.load_state_dict(state)
+    older = {k: v for k, v in state.items() if k != "num_canonical_nodes"}  # a state of before
+    other.load_state_dict(older)
+    assert other.sample_in_epoch == 4
+    other.release()

@@ -1,4 +1,5 @@
-"""``torchrun --nproc_per_node 2`` (gloo, CPU): ITC all-gather and a full pretraining run."""
+"""``torchrun --nproc_per_node 2`` (gloo, CPU): ITC all-gather, a full pretraining run, and
+elastic resume (2 ranks -> 1 process and back)."""
 
 from __future__ import annotations
 
@@ -201,3 +202,73 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(ddp_run, synth_dir: Path, tmp_
     proc = _pretrain(cfg, tmp_path / "cfg_resume", "--resume", str(step2))
     assert f"resumed from {step2}" in proc.stdout
     assert _losses(resumed) == {3: fsdp_losses[3]}
+
+
+# ------------------------------------------------------------------------ elastic resume
+
+
+def _elastic_config(s: Path, run_dir: Path, steps: int) -> dict:
+    """A pretraining run on the 96 image-text pairs alone (4 per rank and step)."""
+    cfg = _pretrain_config(s, run_dir, "auto", steps=steps)
+    cfg["data"]["sources"] = {"image_text": cfg["data"]["sources"]["image_text"]}
+    del cfg["data"]["eval_url"]
+    cfg["data"]["loader"] = {"num_workers": 0}
+    cfg["eval"]["at_end"] = False
+    return cfg
+
+
+def _pretrain_keys(ranks: int, cfg_path: Path, out: Path, resume: str, until: str) -> None:
+    """``train_scripts/pretrain_keys.py`` alone (``ranks == 1``) or under torchrun."""
+    script = [str(SCRIPTS / "pretrain_keys.py"), str(cfg_path), str(out), resume, until]
+    if ranks == 1:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, *script]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    else:
+        proc = _torchrun(script, 300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _epoch_keys(out: Path) -> list[str]:
+    """The ``image_text`` sample ids of epoch 0 read by every rank of both runs."""
+    keys = []
+    for path in sorted(out.parent.glob(f"{out.name}-*.txt")):
+        for line in path.read_text().splitlines():
+            epoch, key = line.split(" ", 1)
+            if epoch == "0":
+                keys.append(key)
+    return keys
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+def test_elastic_resume_reads_every_sample_of_the_epoch_once(
+    synth_dir: Path, tmp_path: Path, before: int, after: int
+) -> None:
+    """Checkpointed mid-epoch on ``before`` ranks, resumed on ``after``: the two runs together
+    read each training pair of the epoch exactly once (streaming's canonical-node order)."""
+    from xfm.train.data import LoaderConfig, SourceConfig, SourceLoader
+
+    train = synth_dir / "mds" / "image_text" / "train"
+    raw = SourceLoader("image_text", SourceConfig(str(train), 96, shuffle=False), LoaderConfig())
+    expected = sorted(str(s["id"]) for s in raw.next_batch())
+    raw.release()
+    assert len(expected) == len(set(expected)) == 96
+
+    cut = 24  # samples read before the checkpoint: 3 steps on 2 ranks, 6 on 1
+    steps = cut // (4 * before) + (96 - cut) // (4 * after)
+    run_dir, out = tmp_path / "run", tmp_path / "keys"
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump(_elastic_config(synth_dir, run_dir, steps)))
+    _pretrain_keys(before, cfg_path, out, "-", str(cut // (4 * before)))
+    ckpt = run_dir / "checkpoints" / f"step_{cut // (4 * before):08d}.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["loader"]["sources"]["image_text"]["sample_in_epoch"] == cut
+    assert state["loader"]["sources"]["image_text"]["num_canonical_nodes"] == 1
+    first = _epoch_keys(out)
+    assert len(first) == cut
+
+    _pretrain_keys(after, cfg_path, out, str(ckpt), "-")
+    keys = _epoch_keys(out)
+    assert len(keys) == 96, f"{len(keys)} samples read in the epoch, expected 96"
+    assert sorted(keys) == expected  # none twice, none missing

@@ -236,6 +236,11 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(
     base["log"]["plot"] = False
     base["data"]["loader"] = {"num_workers": 1}
     ref = _cli(["pretrain", "--config", str(write_config(tmp_path / "ref.yaml", base))])
+    started = time.monotonic() + 120  # let ref claim its streaming shared memory first
+    while time.monotonic() < started and ref.poll() is None:
+        if (tmp_path / "ref" / "config.yaml").is_file():  # written once its loaders exist
+            break
+        time.sleep(0.05)
     killed_cfg = dict(base, run_dir=str(tmp_path / "killed"))
     killed = _cli(["pretrain", "--config", str(write_config(tmp_path / "k.yaml", killed_cfg))])
     latest = tmp_path / "killed" / "checkpoints" / "latest"
@@ -542,3 +547,30 @@ def test_init_from_that_does_not_fit_is_refused_unless_init_strict_false() -> No
     assert "different shapes (3 keys)" in text and "init_strict: false" in text
     assert "runs/tiny/model.safetensors" in text
     assert "with a different shape" in check_init(other, "x", strict=False)
+
+
+def test_resume_on_another_number_of_ranks_picks_or_derives_each_rank_rng() -> None:
+    """Rank ``r`` restores entry ``r`` of the checkpoint's RNG list; a rank beyond it is
+    reseeded from (seed, rank, step): reproducible, and unlike any other rank's stream."""
+    from xfm.train.checkpointing import capture_rng
+    from xfm.train.engine.state import rank_rng_state, reseed_rank
+
+    states = []
+    for seed in (10, 11):
+        torch.manual_seed(seed)
+        states.append(capture_rng())
+    assert rank_rng_state(states, 1) is states[1]
+    assert rank_rng_state(states, 2) is None
+    assert rank_rng_state(states[0], 0) is states[0]  # one state: a single-process run
+    assert rank_rng_state(states[0], 1) is None
+
+    def draws(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator()
+        reseed_rank(3, rank, step, gen)
+        return torch.rand(4), torch.rand(4, generator=gen)
+
+    a, b = draws(1, 5), draws(1, 5)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    for other in (draws(2, 5), draws(1, 6)):
+        assert not torch.equal(a[0], other[0]) and not torch.equal(a[1], other[1])
+    assert not torch.equal(a[0], a[1])

@@ -12,7 +12,9 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,10 @@ def local_cache_path(url: str, cache_dir: str | Path | None = None) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", url.split("://", 1)[-1]).strip("_")[-80:]
     digest = hashlib.sha1(url.encode()).hexdigest()[:10]
     return str(base / f"{name}-{digest}")
+
+
+#: How often a dataset tries to claim a shared-memory prefix that another process took first.
+_SHM_CLAIM_ATTEMPTS = 5
 
 
 class SourceDataset(StreamingDataset):
@@ -109,22 +115,30 @@ class SourceDataset(StreamingDataset):
                 )
                 raise DataSourceError(self.url, reason)
             remote, local = None, path
-        try:
-            super().__init__(
-                remote=remote,
-                local=local,
-                batch_size=batch_size,
-                shuffle=shuffle,
-                shuffle_seed=seed,
-                num_canonical_nodes=num_canonical_nodes,
-                cache_limit=cache_limit,
-                download_retry=download_retry,
-                download_timeout=download_timeout,
-            )
-        except DataSourceError:
-            raise
-        except Exception as exc:
-            raise DataSourceError(self.url, _open_reason(exc)) from exc
+        for attempt in range(_SHM_CLAIM_ATTEMPTS):
+            try:
+                super().__init__(
+                    remote=remote,
+                    local=local,
+                    batch_size=batch_size,
+                    shuffle=shuffle,
+                    shuffle_seed=seed,
+                    num_canonical_nodes=num_canonical_nodes,
+                    cache_limit=cache_limit,
+                    download_retry=download_retry,
+                    download_timeout=download_timeout,
+                )
+                break
+            except DataSourceError:
+                raise
+            except FileExistsError as exc:
+                # two processes that start at the same moment can pick the same free shared-
+                # memory prefix; the second one to create it fails: pick again after a pause
+                if attempt + 1 == _SHM_CLAIM_ATTEMPTS:
+                    raise DataSourceError(self.url, _open_reason(exc)) from exc
+                time.sleep(random.uniform(0.1, 0.6))
+            except Exception as exc:
+                raise DataSourceError(self.url, _open_reason(exc)) from exc
         self._check_shards(remote, local)
         missing = set(get_schema(source).columns) - set(self._stream_columns())
         if missing:

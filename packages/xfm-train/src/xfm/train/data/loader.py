@@ -79,7 +79,11 @@ class LoaderConfig:
             (the count of suppressed lines is reported).
         prefetch_factor: batches prefetched per worker.
         pin_memory: pin batches in page-locked memory (for CUDA).
-        num_canonical_nodes: see :class:`SourceDataset`.
+        num_canonical_nodes: streaming's canonical node count (see :class:`SourceDataset`):
+            the epoch's sample order depends on it and not on the number of ranks, which is
+            what lets a run resume on another number of ranks. It is saved with the loader
+            state and a resume that changes it is refused. Keep the default ``1`` unless the
+            run spans many machines (it must divide, or be a multiple of, the node count).
         download_retry: download attempts per remote file.
         timeout_s: with worker processes, the longest wait for one batch before the loader
             fails with a :class:`DataSourceError` (a stuck download or worker); ``0`` waits
@@ -336,7 +340,9 @@ class SourceLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """``{"epoch", "sample_in_epoch", "url", "seed", "batch_size", "world_size",
-        "bad_samples": {"bad", "read", "reasons"}}`` (the bad-sample counts of this process)."""
+        "num_canonical_nodes", "bad_samples": {"bad", "read", "reasons"}}`` (the bad-sample
+        counts of this process). ``sample_in_epoch`` counts samples over all ranks: the state
+        resumes on any number of ranks with the same ``num_canonical_nodes``."""
         st = self._stats
         return {
             "bad_samples": {"bad": st.bad, "read": st.raw, "reasons": dict(st.reasons)},
@@ -346,6 +352,7 @@ class SourceLoader:
             "seed": self.loader_config.seed,
             "batch_size": self.config.batch_size,
             "world_size": self.world_size,
+            "num_canonical_nodes": self.loader_config.num_canonical_nodes,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -359,6 +366,15 @@ class SourceLoader:
             raise ValueError(
                 f"{self.source} loader state was saved with seed {state['seed']}, this loader "
                 f"uses seed {self.loader_config.seed}: the sample order would differ."
+            )
+        saved_nodes = state.get("num_canonical_nodes")  # (absent from states of older versions)
+        if saved_nodes is not None and int(saved_nodes) != self.loader_config.num_canonical_nodes:
+            raise ValueError(
+                f"{self.source} loader state was saved with num_canonical_nodes {saved_nodes}, "
+                f"this loader uses {self.loader_config.num_canonical_nodes}: the sample order "
+                f"of the epoch would differ, so samples would be repeated or skipped. Set "
+                f"data.loader.num_canonical_nodes={saved_nodes} to resume (it may differ from "
+                f"the number of nodes or ranks)."
             )
         self.close()
         self.epoch = int(state["epoch"])

@@ -50,7 +50,7 @@ from xfm.train.engine.run_dir import prepare_run_dir
 from xfm.train.engine.runtime import autocast_factory, make_scaler, resolve_device
 from xfm.train.engine.state import Checkpoints, Resumed
 from xfm.train.engine.step import Compute, NextBatch, Stages, Stepper
-from xfm.train.engine.wrapping import Wrapped, freeze_unreached, frozen_groups, resolve_mode, wrap
+from xfm.train.engine.wrapping import Wrapped, freeze_unreached, frozen_groups, wrap
 from xfm.train.metrics import MetricsLogger
 from xfm.train.nonfinite import NonFiniteLossError
 
@@ -199,15 +199,18 @@ class Engine:
             module: what a training forward calls (``model`` or a loss module around it).
             build_optimizer: gets the trainable (wrapped) module.
             build_scheduler: gets the optimizer.
-            probe: across ranks only: the loss of one probe step (the job restores its data
-                and RNG afterwards); the parameters it does not reach are frozen so that DDP
-                needs no ``find_unused_parameters``.
+            probe: the loss of one probe step (the job restores its data and RNG
+                afterwards); the parameters it does not reach are frozen so that DDP needs no
+                ``find_unused_parameters``. Run in a single process too, so that the trainable
+                parameters, hence the optimizer state, are the same on any number of ranks
+                (a checkpoint resumes on another number; a parameter without gradient is
+                left unchanged by the optimizer either way).
             find_unused_parameters: DDP's switch instead of the probe.
             generator: the job's own random generator (checkpointed with the RNG states).
         """
         s = self.settings
         self.model = model
-        if resolve_mode(s.distributed) != "none" and probe is not None:
+        if probe is not None:
             self.frozen = freeze_unreached(model, probe())
             if self.frozen:
                 self.print(

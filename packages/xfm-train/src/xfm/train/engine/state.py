@@ -3,15 +3,21 @@
 A checkpoint holds the model (full tensors, our names), optimizer (keyed by parameter name
 under FSDP), scheduler, fp16 scaler, step, every rank's RNG (Python, NumPy, torch, the run's
 generator), the data-loader state, the config and the recent history, written by rank 0 with
-:mod:`xfm.train.checkpointing`. Restoring all of it continues a run bit-exactly.
+:mod:`xfm.train.checkpointing`. Restoring all of it continues a run bit-exactly on the same
+number of ranks. On another number (elastic resume) the model, optimizer and schedule are full
+states and the data position is global, so they continue exactly; rank ``r`` restores the
+RNG state of rank ``r`` when the checkpoint has one and is reseeded otherwise
+(:func:`rank_rng_state`, :func:`reseed_rank`).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,7 +35,32 @@ from xfm.train.checkpointing import (
 from xfm.train.distributed import barrier, get_rank, get_world_size, is_distributed, is_main_process
 from xfm.train.engine.wrapping import Wrapped
 
-__all__ = ["Checkpoints", "Resumed"]
+__all__ = ["Checkpoints", "Resumed", "rank_rng_state", "reseed_rank"]
+
+
+def rank_rng_state(saved: Any, rank: int) -> dict[str, Any] | None:
+    """The RNG state that ``rank`` restores from a checkpoint's ``rng`` entry.
+
+    ``saved`` is a list with one state per rank of the run that wrote it (or one state, from a
+    single-process run). Rank ``r`` takes entry ``r`` when there is one, so that a resume on
+    the same number of ranks, or on fewer, restores each remaining rank exactly; ``None`` for
+    a rank the checkpoint has no state for (a resume on more ranks): see :func:`reseed_rank`.
+    """
+    states = saved if isinstance(saved, list) else [saved]
+    return states[rank] if rank < len(states) else None
+
+
+def reseed_rank(seed: int, rank: int, step: int, generator: torch.Generator | None = None) -> None:
+    """Seed Python's, NumPy's and torch's generators and ``generator`` for a rank that a
+    checkpoint has no RNG state for: deterministically from the run's ``seed``, the ``rank``
+    and the resumed ``step`` (so a resume repeats neither a fresh run's streams nor another
+    rank's)."""
+    base = (seed * 1_000_003 + rank + 1) * 1_000_033 + step
+    random.seed(base)
+    np.random.seed(base % (1 << 32))
+    torch.manual_seed(base % (1 << 63))
+    if generator is not None:
+        generator.manual_seed((base + 1) % (1 << 63))
 
 
 @dataclass
@@ -175,9 +206,13 @@ class Checkpoints:
             self.scaler.load_state_dict(state["scaler"])
         if load_loader is not None:
             load_loader(state["loader"])
-        rank_rng = state["rng"]
-        rng = rank_rng[get_rank()] if isinstance(rank_rng, list) else rank_rng
-        restore_rng(rng, self.generator)
+        rng = rank_rng_state(state["rng"], get_rank())
+        if rng is None:  # more ranks than the checkpoint has RNG states for
+            reseed_rank(
+                int(config.get("seed") or 0), get_rank(), int(state["step"]), self.generator
+            )
+        else:
+            restore_rng(rng, self.generator)
         return Resumed(
             url,
             int(state["step"]),
