@@ -43,7 +43,8 @@ def _config(synth: Path, run: Path, steps: int = 4, objectives: dict | None = No
 
 
 def _nan_itc_features(monkeypatch: pytest.MonkeyPatch, at_call: int) -> None:
-    """The ITC features of the ``at_call``-th forward (1-based; one per step here) are NaN."""
+    """The ITC features of the ``at_call``-th training forward (1-based; one per step here) are
+    NaN. The forward of the unused-parameter probe at start-up comes first and is not counted."""
     from xfm.fusion.model import XFM as Model
 
     original = Model.itc_features
@@ -52,7 +53,7 @@ def _nan_itc_features(monkeypatch: pytest.MonkeyPatch, at_call: int) -> None:
     def patched(self, vision_states, text_states):
         calls[0] += 1
         image_feat, text_feat = original(self, vision_states, text_states)
-        if calls[0] == at_call:
+        if at_call and calls[0] == at_call + 1:  # + 1: the probe's forward
             image_feat = image_feat * float("nan")
         return image_feat, text_feat
 
@@ -109,7 +110,7 @@ PATCH_AND_RUN = textwrap.dedent(
     def patched(self, v, t):
         calls[0] += 1
         i, t = original(self, v, t)
-        return (i * float("nan") if calls[0] == 3 else i), t
+        return (i * float("nan") if calls[0] == 3 + 1 else i), t  # + 1: the probe
     XFM.itc_features = patched
     sys.argv = ["xfm", *sys.argv[1:]]
     runpy.run_module("xfm.core.cli", run_name="__main__")
