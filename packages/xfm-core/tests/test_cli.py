@@ -167,9 +167,10 @@ def test_info_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["empty_kinds"] == [k for k in KINDS if not data["components"][k]]
 
 
-def test_info_with_only_xfm_core_installed_says_the_kinds_are_empty(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def only_xfm_core(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The registry sees the entry points of the xfm-core distribution only (as when only
+    xfm-core is installed); restored afterwards."""
     original = registry._discover_entry_points
 
     def only_core(group: str) -> list:
@@ -178,43 +179,38 @@ def test_info_with_only_xfm_core_installed_says_the_kinds_are_empty(
     monkeypatch.setattr(registry, "_discover_entry_points", only_core)
     registry.refresh()
     try:
-        assert main(["info"]) == 0
-        out = capsys.readouterr().out
-        empty = [k for k in KINDS if k != "cli"]
-        assert f"No components registered for: {', '.join(empty)}." in out
-        assert main(["info", "--json", "--kind", "model", "--kind", "cli"]) == 0
-        data = json.loads(capsys.readouterr().out)
-        assert list(data["components"]) == ["model", "cli"]
-        assert data["components"]["model"] == [] and data["empty_kinds"] == ["model"]
-        assert [c["name"] for c in data["components"]["cli"]] == ["info"]
+        yield
     finally:
         monkeypatch.undo()
         registry.refresh()
+
+
+def test_info_with_only_xfm_core_installed_says_the_kinds_are_empty(
+    only_xfm_core: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    empty = [k for k in KINDS if k != "cli"]
+    assert f"No components registered for: {', '.join(empty)}." in out
+    assert main(["info", "--json", "--kind", "model", "--kind", "cli"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert list(data["components"]) == ["model", "cli"]
+    assert data["components"]["model"] == [] and data["empty_kinds"] == ["model"]
+    assert [c["name"] for c in data["components"]["cli"]] == ["info"]
 
 
 def test_a_command_of_an_uninstalled_xfm_package_names_the_package(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    only_xfm_core: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    original = registry._discover_entry_points
-
-    def only_core(group: str) -> list:
-        return [ep for ep in original(group) if ep.dist.metadata["Name"] == "xfm-core"]
-
-    monkeypatch.setattr(registry, "_discover_entry_points", only_core)
-    registry.refresh()
-    try:
-        assert main(["pretrain", "--config", "configs/pretrain/tiny.yaml"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err == (
-            "xfm: error: 'pretrain' is a command of the xfm-train package, which is not "
-            "installed: pip install xfm-train (or ./packages/xfm-train from a checkout); "
-            "installed commands: info"
-        )
-        assert main(["finetune", "retrieval"]) == 2
-        assert "xfm-tasks package" in capsys.readouterr().err
-    finally:
-        monkeypatch.undo()
-        registry.refresh()
+    assert main(["pretrain", "--config", "configs/pretrain/tiny.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "xfm: error: 'pretrain' is a command of the xfm-train package, which is not "
+        "installed: pip install xfm-train (or ./packages/xfm-train from a checkout); "
+        "installed commands: info"
+    )
+    assert main(["finetune", "retrieval"]) == 2
+    assert "xfm-tasks package" in capsys.readouterr().err
 
 
 def test_info_shows_in_process_components(capsys: pytest.CaptureFixture[str]) -> None:
