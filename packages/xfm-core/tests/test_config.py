@@ -200,6 +200,32 @@ def test_unknown_key_in_override_names_the_override(cfg_file: Path) -> None:
         load_config(Train, cfg_file, ["precision.x=1"])
 
 
+def test_override_below_a_single_value_or_past_a_list_end_names_what_is_there(
+    cfg_file: Path,
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(Train, cfg_file, ["objectives.5=itc"])
+    assert str(info.value) == (
+        "command line override 'objectives.5=itc': 'objectives' is a list of 2 item(s); cannot "
+        "set 'objectives.5' (use objectives=[...] to replace the list)"
+    )
+    assert info.value.key == "objectives.5"
+    with pytest.raises(
+        ConfigError,
+        match=r"^command line override 'optim\.lr\.x=1': cannot set 'optim\.lr\.x': "
+        r"'optim\.lr' holds a single value \('3e-4' \(str\)\), not a section with keys$",
+    ):
+        load_config(Train, cfg_file, ["optim.lr.x=1"])
+    # a list field absent from the data starts from its default
+    assert load_config(Train, {"steps": 1}, ["objectives.0=mlm"]).objectives == ["mlm"]
+    with pytest.raises(
+        ConfigError,
+        match=r"'optim\.betas': expected tuple\[float, float\], got \[1\] \(list\): expected 2 "
+        r"items, got 1$",
+    ):
+        load_config(Train, {"steps": 1}, ["optim.betas=[1]"])
+
+
 def test_wrong_type_names_key_expected_received_and_file(cfg_file: Path) -> None:
     cfg_file.write_text(YAML.replace("steps: 100", "steps: many"))
     with pytest.raises(ConfigError) as info:
