@@ -9,7 +9,8 @@
   encoder sections: dotted key, type, default and the description from the class docstring's
   ``Attributes:`` section (or a ``#:`` comment above the field);
 * ``official-checkpoints.md``: the official-checkpoint sections of the xfm-fusion and xfm-tasks
-  READMEs.
+  READMEs (the pretraining key mapping; the layouts, ``xfm check-official``,
+  ``xfm import-official`` and ``xfm export-official``).
 
 A README section this script needs and cannot find raises, so ``mkdocs build`` fails instead of
 publishing a page with a hole.
@@ -278,7 +279,9 @@ def _config_roots() -> list[tuple[str, str, list[tuple[str, type]]]]:
         ),
         (
             "The model section: `model:`",
-            "`xfm.fusion.XFMConfig`. `model.text`, `model.vision` and `model.fusion` are "
+            "`model.name` (default `xfm`) names the `model` registry entry the trainer "
+            "creates; the other keys are its config, for `xfm` `xfm.fusion.XFMConfig`. "
+            "`model.text`, `model.vision` and `model.fusion` are "
             "`{name: <registered encoder>, **options}`; the options of the built-in encoders "
             "follow.",
             [
@@ -348,19 +351,13 @@ def _official_page() -> str:
         "exact outputs, and writes them back in the official layout. Collected from the",
         "[xfm-fusion](packages/fusion.md) and [xfm-tasks](packages/tasks.md) documentation.",
         "",
-        "## The pretrained model",
+        "## Every layout, `xfm check-official`, `import-official`, `export-official`",
+        "",
+        _section(tasks, "Official checkpoints"),
+        "",
+        "## The pretrained model in Python",
         "",
         _section(fusion, "Official checkpoints"),
-        "",
-        "## Reproducing the official outputs: `xfm check-official DIR`",
-        "",
-        _section(fusion, "`xfm check-official DIR`"),
-        "",
-        "## Task checkpoints",
-        "",
-        _paragraph(tasks, "**Official task checkpoints**"),
-        "",
-        _paragraph(tasks, "Official task checkpoints:"),
         "",
     ]
     return "\n".join(parts)

@@ -137,10 +137,7 @@ DISTRIBUTION_OF = {
     "pydantic_core": "pydantic",
 }
 #: Imports a package makes without requiring the distribution (guarded optional features).
-OPTIONAL_IMPORTS: dict[str, set[str]] = {
-    # check_official computes losses / task outputs only when these are installed
-    "fusion": {"xfm-train", "xfm-tasks"},
-}
+OPTIONAL_IMPORTS: dict[str, set[str]] = {}
 #: Run-time requirements no module of the package imports, and why they stay.
 NEEDED_WITHOUT_IMPORT: dict[str, set[str]] = {
     "core": {"numpy", "tqdm"},  # not imported by xfm-core itself; reported for a later cleanup

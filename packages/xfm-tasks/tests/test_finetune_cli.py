@@ -106,7 +106,7 @@ def test_eval_official_task_directory(synth: Path, tmp_path: Path, capsys) -> No
     evaluated with one command and scores exactly like the xfm checkpoint it came from."""
     from xfm.tasks.base import get_task
     from xfm.tasks.finetune import model_spec
-    from xfm.tasks.official import export_official_task_dir
+    from xfm.tasks.official.commands import export_golden_dir
 
     cfg_path = _config(tmp_path, synth, "retrieval")
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -123,7 +123,7 @@ def test_eval_official_task_directory(synth: Path, tmp_path: Path, capsys) -> No
     torch.manual_seed(0)
     full = config_from_dict(FinetuneConfig, yaml.safe_load(cfg_path.read_text()))
     model = get_task("retrieval").build_model(model_spec(full, Tok()))
-    export_official_task_dir(model, "retrieval", tmp_path / "official")
+    export_golden_dir(model, tmp_path / "official")
     keys = set(json.loads((tmp_path / "official" / "config.json").read_text()))
     assert {"task", "vision", "text", "fusion"} <= keys
     assert (

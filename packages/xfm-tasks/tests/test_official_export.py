@@ -11,17 +11,25 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xfm.tasks.base import get_task
-from xfm.tasks.classification import (
-    ImageClassifier,
-    TextClassifier,
-    load_official_glue,
-    load_official_imagenet,
-)
-from xfm.tasks.classification_official import fusion_options, text_options, vision_options
-from xfm.tasks.official import export_official_task_dir, load_official_task, read_key_list
-from xfm.tasks.official_export import official_config_of, to_official_classification
-from xfm.tasks.vqa_model import VQAConfig, VQAModel, config_from_golden, load_official_vqa
+from xfm.tasks.classification import ImageClassifier, TextClassifier
+from xfm.tasks.official import get_layout, layout_of_model, load_golden_dir, read_key_list
+from xfm.tasks.official.commands import export_golden_dir
+from xfm.tasks.official.golden import fusion_options, text_options, vision_options
+from xfm.tasks.official.vqa import vqa_config_from_golden as config_from_golden
+from xfm.tasks.vqa_model import VQAConfig, VQAModel
+
+
+def to_official_classification(model: torch.nn.Module, spec: dict | None = None) -> dict:
+    return layout_of_model(model).export_state(model, spec)
+
+
+def official_config_of(model: torch.nn.Module, spec: dict | None = None) -> dict:
+    return layout_of_model(model).golden_config(model, spec)
+
+
+def _load(layout: str, state: dict, cfg: dict) -> torch.nn.Module:
+    return get_layout(layout).load_golden(cfg, state)
+
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_tasks"
@@ -48,14 +56,12 @@ def test_import_then_export_is_bit_exact(golden: str, tmp_path: Path) -> None:
     """Every key, shape, dtype and value of the official checkpoint comes back, through the
     in-memory export and through an exported directory that loads back."""
     d = GOLDEN / golden
-    name, options = TASKS[golden]
-    task = get_task(name, options)
-    model = load_official_task(task, d)
+    model = load_golden_dir(d)
     original = load_file(str(d / "model.safetensors"))
     _assert_identical(to_official_classification(model), original)
-    out = export_official_task_dir(model, golden, tmp_path / "exported")
+    out = export_golden_dir(model, tmp_path / "exported")
     _assert_identical(load_file(str(out / "model.safetensors")), original)
-    again = load_official_task(task, out)
+    again = load_golden_dir(out)
     _assert_identical(again.state_dict(), model.state_dict())
     assert json.loads((out / "config.json").read_text()) == json.loads(
         (d / "config.json").read_text()
@@ -87,12 +93,7 @@ def test_never_imported_model_exports_a_loadable_official_layout(golden: str) ->
     original = load_file(str(d / "model.safetensors"))
     shapes = {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
     assert shapes == {k: (tuple(v.shape), v.dtype) for k, v in original.items()}
-    if golden == "vqa":
-        back, _ = load_official_vqa(state, config_from_golden(cfg))
-    elif golden == "classification_glue":
-        back, _ = load_official_glue(state, cfg)
-    else:
-        back, _ = load_official_imagenet(state, cfg)
+    back = _load(TASKS[golden][0], state, cfg)
     _assert_identical(back.state_dict(), model.state_dict())
     # tied official tensors are one tensor
     for alias, canonical in (

@@ -12,24 +12,15 @@ from safetensors.torch import load_file
 
 from xfm.core.attention import use_backend
 from xfm.core.checkpoint import load_into
-from xfm.tasks.classification import (
-    ImageClassifier,
-    TextClassifier,
-    glue_key_mapper,
-    glue_official_outputs,
-    imagenet_key_mapper,
-    imagenet_official_outputs,
-)
-from xfm.tasks.vqa_model import VQAConfig, VQAModel, official_key_mapper, official_outputs
+from xfm.tasks.classification import ImageClassifier, TextClassifier
+from xfm.tasks.official import get_layout, load_golden_dir
+from xfm.tasks.official.check import golden_outputs
+from xfm.tasks.vqa_model import VQAConfig, VQAModel
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden_tasks"
 KEYS = DATA / "keys"
-OUTPUTS = {
-    "vqa": official_outputs,
-    "classification_glue": glue_official_outputs,
-    "classification_imagenet": imagenet_official_outputs,
-}
+OUTPUTS = ("vqa", "classification_glue", "classification_imagenet")
 
 
 def _compare(computed: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
@@ -53,7 +44,7 @@ def _compare(computed: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
 def test_golden_outputs_reproduced(task: str, backend: str) -> None:
     d = GOLDEN / task
     with use_backend(backend):
-        computed, skipped = OUTPUTS[task](d / "config.json", d)
+        computed, skipped = golden_outputs(d)
     assert skipped == {}
     expected = load_file(str(d / "outputs.safetensors"))
     assert set(expected) <= set(computed)
@@ -64,7 +55,7 @@ def test_vqa_ranking_is_sensitive_to_the_first_token_double_count() -> None:
     """Counting the first token once instead of twice changes the golden scores (the test of
     the official score is not vacuous)."""
     d = GOLDEN / "vqa"
-    computed, _ = official_outputs(d / "config.json", d)
+    computed, _ = golden_outputs(d)
     expected = load_file(str(d / "outputs.safetensors"))
     once = -computed["candidate_answer_nll"]
     assert not torch.allclose(once, expected["candidate_log_prob_sum"], atol=1e-3)
@@ -117,7 +108,7 @@ def test_vqa_base_key_list_maps_onto_the_model() -> None:
                 decoder={"layers": 12},
             )
         )
-    dropped = _load_meta(model, state, official_key_mapper(model))
+    dropped = _load_meta(model, state, get_layout("vqa").key_mapper(model))
     pattern = re.compile(
         r"^fusion_encoder\.(roberta\.embeddings|lm_head|lm_cap_head)\.|\.position_ids$|"
         r"\.relative_position_index$|^text_decoder\.lm_head\.decoder\.bias$"
@@ -136,11 +127,11 @@ def test_classification_base_key_lists_map_onto_the_models(name: str) -> None:
     with torch.device("meta"):
         if name == "classification_glue":
             model = TextClassifier(ROBERTA_BASE, classes)
-            mapper = glue_key_mapper()
+            mapper = get_layout("glue").key_mapper(model)
             kept = r"^(vision|fusion)_encoder\.|\.position_ids$"
         else:
             model = ImageClassifier(_beit_base(size), classes)
-            mapper = imagenet_key_mapper(model)
+            mapper = get_layout("imagenet").key_mapper(model)
             kept = r"^(text|fusion)_encoder\.|\.relative_position_index$"
     dropped = _load_meta(model, state, mapper)
     assert all(re.search(kept, k) for k in dropped), dropped
@@ -152,8 +143,9 @@ def test_config_dimensions_are_read_from_config_json(tmp_path: Path) -> None:
     d = GOLDEN / "classification_glue"
     cfg = json.loads((d / "config.json").read_text())
     cfg["text"]["width"] = 48
+    state = load_file(str(d / "model.safetensors"))
     with pytest.raises(Exception, match="shape"):
-        glue_official_outputs(cfg, d)
+        get_layout("glue").load_golden(cfg, state)
 
 
 @pytest.mark.parametrize("task", sorted(OUTPUTS))
@@ -167,11 +159,8 @@ def test_check_official_cli(task: str, capsys: pytest.CaptureFixture[str]) -> No
 
 def test_vqa_fast_ranking_matches_the_golden_ranking() -> None:
     """The evaluation path (LM head only at real targets) gives the official ranking."""
-    from xfm.tasks.vqa_model import config_from_golden, load_official_vqa
-
     d = GOLDEN / "vqa"
-    cfg = json.loads((d / "config.json").read_text())
-    model, _ = load_official_vqa(d / "model.safetensors", config_from_golden(cfg))
+    model = load_golden_dir(d)
     x, y = load_file(str(d / "inputs.safetensors")), load_file(str(d / "outputs.safetensors"))
     with torch.no_grad():
         states = model.question_states(x["image"], x["question_ids"], x["question_atts"])

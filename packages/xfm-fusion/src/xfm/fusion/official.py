@@ -23,16 +23,18 @@ They are kept aside on import (``model.official_extras``) and written back on ex
 that was not imported gets freshly initialised tensors of the official shapes there instead.
 Second names of tied tensors (:data:`TIED_ALIASES`) are checked to be equal on import and
 written back as the same tensor on export.
+
+This module is the pretraining key mapping, kept beside the model. The task layouts, the
+golden-output check (``xfm check-official``) and the conversion commands build on it in
+xfm-tasks (:mod:`xfm.tasks.official`); nothing here imports a package above xfm-fusion.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,7 +55,6 @@ from xfm.vision.rel_pos import NUM_EXTRA_REL_POS, relative_position_index
 __all__ = [
     "TIED_ALIASES",
     "UNUSED_OFFICIAL",
-    "OfficialFormat",
     "from_official",
     "infer_official_config",
     "load_official_state",
@@ -471,29 +472,3 @@ def from_official(
     if not model.config.vision_guidance:
         model.reset_mim_teacher()  # the frozen MIM teacher = the imported vision encoder
     return model
-
-
-@dataclass
-class OfficialFormat:
-    """The ``xfm_official`` entry of the ``checkpoint_format`` registry."""
-
-    name: str = "xfm_official"
-
-    @staticmethod
-    def load(source: Any, config: Any = None, **kwargs: Any) -> XFM:
-        """See :func:`from_official`."""
-        return from_official(source, config, **kwargs)
-
-    @staticmethod
-    def export(model: XFM) -> dict[str, torch.Tensor]:
-        """See :func:`to_official`."""
-        return to_official(model)
-
-
-def read_golden_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """``config.json`` of a golden-format directory, with a clear error if absent."""
-    path = os.path.join(os.fspath(directory), "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: a golden directory needs config.json")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)

@@ -7,7 +7,8 @@ A task is a small object built from its ``options`` (``FinetuneConfig.options``)
   and its collate function, read from the official annotation format),
 * the training loss of one batch (:meth:`Task.loss` -> ``{"loss": total, **parts}``),
 * how it is evaluated (:meth:`Task.evaluate` -> ``{metric: value}``, percentages for accuracies),
-* its official checkpoint layout (``official_layout``, a key list name of ``golden/keys``).
+* its official checkpoint layout (``official_layout``, a key list name of ``golden/keys``;
+  the layouts themselves live in :mod:`xfm.tasks.official`).
 
 :mod:`xfm.tasks.finetune` runs any task with the xfm-train optimizer, scheduler, metrics and
 checkpoints; :mod:`xfm.tasks.cli` exposes it as ``xfm finetune TASK`` / ``xfm eval TASK``.
@@ -299,8 +300,6 @@ class Task:
         official_layout: name of the official key list (``golden/keys/<name>.txt``) of the
             task checkpoint, or ``None`` when the task has no official layout.
         default_options: defaults of ``options``.
-        golden_names: ``task`` values of golden-format ``config.json`` files whose outputs
-            :meth:`golden_outputs` reproduces (``xfm check-official DIR``).
         model_sections: keys the task model accepts in the ``model`` section beyond
             :class:`~xfm.fusion.XFMConfig`'s, each checked at load time against a dataclass.
         options_class: optional dataclass whose fields are the task's options (checked at load
@@ -311,7 +310,6 @@ class Task:
     metric: ClassVar[str] = ""
     official_layout: ClassVar[str | None] = None
     default_options: ClassVar[dict[str, Any]] = {}
-    golden_names: ClassVar[tuple[str, ...]] = ()
     model_sections: ClassVar[dict[str, type]] = {}
     options_class: ClassVar[type | None] = None
 
@@ -356,14 +354,6 @@ class Task:
         progress: bool = False,
     ) -> dict[str, float]:
         """``{metric: value}`` of ``model`` on an evaluation dataset."""
-        raise NotImplementedError
-
-    def golden_outputs(
-        self, model: nn.Module, inputs: dict[str, torch.Tensor], config: dict[str, Any]
-    ) -> dict[str, torch.Tensor]:
-        """Every output of a golden task directory that this task computes (names of its
-        ``outputs.safetensors``) from its ``inputs.safetensors``; ``model`` is the task model
-        with the official weights imported (see :mod:`xfm.tasks.check_official`)."""
         raise NotImplementedError
 
 

@@ -9,43 +9,27 @@ Official semantics (``XFMForClassification``, ``../shared/golden_tasks/README.md
   ``[B, 2Dv]`` -> the deep 5-layer MLP :class:`DeepHead` (keys ``cls_head.0..12``). Linear probes
   use ``head="linear"`` on frozen features.
 
-The official task checkpoints also hold encoders these models do not run (GLUE: the vision and
-fusion encoders; ImageNet: 0-layer text/fusion encoders); the importers drop them, listed in the
-load report.
+The official checkpoints of these models (which also hold encoders the models do not run) are
+read and written by :mod:`xfm.tasks.official.glue` / :mod:`xfm.tasks.official.imagenet`.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xfm.core.checkpoint import Drop, KeyMapper, LoadReport, load_into, load_state_dict
 from xfm.core.layers import MLPHead
 from xfm.core.registry import create
-from xfm.tasks.classification_official import (
-    keep_official_extras,
-    official_text_rules,
-    official_vision_rules,
-    text_options,
-    vision_options,
-)
 
 __all__ = [
     "DeepHead",
     "ImageClassifier",
     "TextClassifier",
-    "glue_official_outputs",
-    "imagenet_official_outputs",
-    "load_official_glue",
-    "load_official_imagenet",
 ]
 
 
@@ -145,112 +129,3 @@ class ImageClassifier(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]``."""
         return self.cls_head(self.features(image))
-
-
-# ------------------------------------------------------------------ official checkpoints
-
-
-def glue_key_mapper() -> KeyMapper:
-    """Official ``XFMForClassification`` (GLUE) -> :class:`TextClassifier` names."""
-    return KeyMapper(
-        [Drop(r"^vision_encoder\."), Drop(r"^fusion_encoder\."), *official_text_rules()],
-        name="official-xfm-glue",
-    )
-
-
-def imagenet_key_mapper(model: ImageClassifier) -> KeyMapper:
-    """Official ``XFMForClassification`` (imagenet) -> :class:`ImageClassifier` names."""
-    return KeyMapper(
-        [
-            Drop(r"^text_encoder\."),
-            Drop(r"^fusion_encoder\."),
-            *official_vision_rules(model.vision_encoder),
-        ],
-        name="official-xfm-imagenet",
-    )
-
-
-def _num_labels(state: Mapping[str, torch.Tensor]) -> int:
-    last = max(
-        (k for k in state if k.startswith("cls_head.") and k.endswith(".weight")),
-        key=lambda k: int(k.split(".")[1]),
-    )
-    return int(state[last].shape[0])
-
-
-def _state(source: str | os.PathLike[str] | Mapping[str, torch.Tensor]):
-    return load_state_dict(source) if isinstance(source, str | os.PathLike) else source
-
-
-def load_official_glue(
-    source: str | os.PathLike[str] | Mapping[str, torch.Tensor], cfg: Mapping[str, Any]
-) -> tuple[TextClassifier, LoadReport]:
-    """:class:`TextClassifier` with an official GLUE checkpoint (``cfg``: golden config)."""
-    state = _state(source)
-    model = TextClassifier(text_options(cfg), _num_labels(state))
-    report = load_into(model, state, mapper=glue_key_mapper(), strict=True)
-    keep_official_extras(model, state, report, cfg)
-    return model.eval(), report
-
-
-def load_official_imagenet(
-    source: str | os.PathLike[str] | Mapping[str, torch.Tensor], cfg: Mapping[str, Any]
-) -> tuple[ImageClassifier, LoadReport]:
-    """:class:`ImageClassifier` with an official ImageNet checkpoint."""
-    state = _state(source)
-    model = ImageClassifier(vision_options(cfg), _num_labels(state))
-    report = load_into(model, state, mapper=imagenet_key_mapper(model), strict=True)
-    keep_official_extras(model, state, report, cfg)
-    return model.eval(), report
-
-
-def _read(config_json: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
-    if isinstance(config_json, Mapping):
-        return dict(config_json)
-    return json.loads(Path(config_json).read_text())
-
-
-@torch.no_grad()
-def glue_official_outputs(
-    config_json: Mapping[str, Any] | str | os.PathLike[str], directory: str | os.PathLike[str]
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Outputs of a golden ``classification_glue`` directory: ``(computed, skipped)``."""
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    model, _ = load_official_glue(d / "model.safetensors", _read(config_json))
-    x = load_file(str(d / "inputs.safetensors"))
-    text = model.text_encoder(x["text_ids"], attention_mask=x["text_atts"])
-    logits = model.cls_head(text[:, 0])
-    return {
-        "text_embeds": text,
-        "text_cls": text[:, 0],
-        "logits": logits,
-        "loss": model.loss(logits, x["targets"]),
-        "pred_class": logits.argmax(-1),
-    }, {}
-
-
-@torch.no_grad()
-def imagenet_official_outputs(
-    config_json: Mapping[str, Any] | str | os.PathLike[str], directory: str | os.PathLike[str]
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Outputs of a golden ``classification_imagenet`` directory: ``(computed, skipped)``."""
-    from safetensors.torch import load_file
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
-    d = Path(directory)
-    model, _ = load_official_imagenet(d / "model.safetensors", _read(config_json))
-    x = load_file(str(d / "inputs.safetensors"))
-    vision = model.vision_encoder(x["image"])
-    feats = torch.cat([vision[:, 0], vision[:, 1:].mean(1)], dim=-1)
-    logits = model.cls_head(feats)
-    return {
-        "vision_embeds": vision,
-        "features": feats,
-        "logits": logits,
-        "pred_class": logits.argmax(-1),
-        "loss_model_ce": F.cross_entropy(logits, x["targets"]),
-        "loss_label_smoothing": LabelSmoothingCrossEntropy(0.1)(logits, x["targets"]),
-        "loss_soft_target": SoftTargetCrossEntropy()(logits, x["soft_targets"]),
-    }, {}

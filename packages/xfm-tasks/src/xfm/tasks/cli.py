@@ -141,17 +141,17 @@ def build_eval_model(task: Any, checkpoint: str, spec: dict[str, Any] | None) ->
     """The task model of ``checkpoint`` (see the module docstring) and its config dict."""
     from xfm.core.checkpoint import load_state_dict
     from xfm.core.config import to_dict
-    from xfm.fusion.official import infer_official_config
     from xfm.tasks.official import (
         is_official_state,
-        load_official_task,
+        load_golden_dir,
         load_task_weights,
         resolve_checkpoint,
     )
+    from xfm.tasks.official.xfm_layout import infer_config
 
     weights, info = resolve_checkpoint(checkpoint)
     if "golden" in info:
-        model = load_official_task(task, Path(checkpoint))
+        model = load_golden_dir(Path(checkpoint), task.name)
         return model, {}
     if "model" in info:
         model = task.build_model(info["model"])
@@ -159,7 +159,7 @@ def build_eval_model(task: Any, checkpoint: str, spec: dict[str, Any] | None) ->
         return model, info["model"]
     state = load_state_dict(weights)
     if is_official_state(state) and not spec:
-        config = infer_official_config(state)
+        config = infer_config(state)
         model = task.build_model(config)
         load_task_weights(model, state, strict=True)
         return model, to_dict(config)

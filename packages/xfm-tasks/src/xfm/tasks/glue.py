@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from xfm.tasks.base import Task, TaskData, TaskDataSection, collect_outputs
-from xfm.tasks.classification import TextClassifier, load_official_glue
+from xfm.tasks.classification import TextClassifier
 from xfm.tasks.glue_metrics import GLUE_METRICS, glue_metrics
 from xfm.tasks.task_mds import is_mds, read_glue_mds
 from xfm.train.engine import unwrap
@@ -193,7 +193,6 @@ class GLUETask(Task):
     name: ClassVar[str] = "glue"
     metric: ClassVar[str] = "main"
     official_layout: ClassVar[str | None] = "classification_glue"
-    golden_names: ClassVar[tuple[str, ...]] = ("classification_glue",)
     default_options: ClassVar[dict[str, Any]] = {"glue_task": "rte", "synthetic": None}
 
     def __init__(self, **options: Any) -> None:
@@ -211,14 +210,6 @@ class GLUETask(Task):
 
     def build_model(self, model_config: Mapping[str, Any]) -> TextClassifier:
         return TextClassifier(dict(model_config.get("text", {"name": "roberta"})), self.num_labels)
-
-    def load_official(self, directory: str | os.PathLike[str]) -> TextClassifier:
-        import json
-
-        d = Path(directory)
-        return load_official_glue(
-            d / "model.safetensors", json.loads((d / "config.json").read_text())
-        )[0]
 
     def _path(self, data: TaskDataSection, path: str) -> str:
         syn = self.options["synthetic"]

@@ -94,7 +94,6 @@ class GroundingTask(Task):
     name: ClassVar[str] = "grounding"
     metric: ClassVar[str] = "accuracy"
     official_layout: ClassVar[str | None] = "grounding_bbox"
-    golden_names: ClassVar[tuple[str, ...]] = ("grounding", "grounding_bbox")
     default_options: ClassVar[dict[str, Any]] = {"l1_weight": 1.0, "giou_weight": 1.0}
 
     def build_model(self, model_config: Mapping[str, Any] | XFMConfig) -> GroundingModel:

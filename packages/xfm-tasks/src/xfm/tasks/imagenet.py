@@ -28,7 +28,7 @@ from torch import nn
 
 from xfm.tasks.base import Task, TaskData, TaskDataSection, collect_outputs
 from xfm.tasks.base_data import ImageReader
-from xfm.tasks.classification import ImageClassifier, load_official_imagenet
+from xfm.tasks.classification import ImageClassifier
 from xfm.train.config import OptimSection
 
 __all__ = [
@@ -173,7 +173,6 @@ class ImageNetTask(Task):
     name: ClassVar[str] = "imagenet"
     metric: ClassVar[str] = "top1"
     official_layout: ClassVar[str | None] = "classification_imagenet"
-    golden_names: ClassVar[tuple[str, ...]] = ("classification_imagenet",)
     default_options: ClassVar[dict[str, Any]] = {
         "mixup": 0.8,
         "cutmix": 1.0,
@@ -225,12 +224,6 @@ class ImageNetTask(Task):
     def build_model(self, model_config: Mapping[str, Any]) -> ImageClassifier:
         vision = dict(model_config.get("vision", {"name": "beit_v2"}))
         return ImageClassifier(vision, self.num_classes(), self.head, self.freeze)
-
-    def load_official(self, directory: str | os.PathLike[str]) -> ImageClassifier:
-        d = Path(directory)
-        return load_official_imagenet(
-            d / "model.safetensors", json.loads((d / "config.json").read_text())
-        )[0]
 
     def build_optimizer(
         self, model: nn.Module, cfg: OptimSection, device: torch.device
@@ -319,7 +312,6 @@ class LinearProbeTask(ImageNetTask):
 
     name: ClassVar[str] = "linear_probe"
     official_layout: ClassVar[str | None] = None
-    golden_names: ClassVar[tuple[str, ...]] = ()
     default_options: ClassVar[dict[str, Any]] = {"num_classes": None, "synthetic": None}
     head: ClassVar[str] = "linear"
     freeze: ClassVar[bool] = True

@@ -128,7 +128,6 @@ class NLVRTask(Task):
     name: ClassVar[str] = "nlvr"
     metric: ClassVar[str] = "accuracy"
     official_layout: ClassVar[str | None] = "nlvr"
-    golden_names: ClassVar[tuple[str, ...]] = ("nlvr",)
     default_options: ClassVar[dict[str, Any]] = {}
 
     def build_model(self, model_config: Mapping[str, Any] | XFMConfig) -> NLVRModel:

@@ -407,7 +407,6 @@ class RetrievalTask(Task):
     name: ClassVar[str] = "retrieval"
     metric: ClassVar[str] = "r_mean"
     official_layout: ClassVar[str | None] = "retrieval"
-    golden_names: ClassVar[tuple[str, ...]] = ("retrieval",)
     default_options: ClassVar[dict[str, Any]] = {
         "k_test": 256,
         "itm_batch_size": 256,

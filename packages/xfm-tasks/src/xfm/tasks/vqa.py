@@ -15,7 +15,6 @@ accuracy; ``result_file`` writes the submission JSON ``[{"question_id", "answer"
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
 from xfm.tasks.base_data import ImageReader, image_source, read_task_items, require, tokenize
 from xfm.tasks.decoder import DecoderConfig
 from xfm.tasks.vqa_metrics import normalize_answer, soft_targets, vqa_accuracy, write_results
-from xfm.tasks.vqa_model import VQAConfig, VQAModel, config_from_golden, load_official_vqa
+from xfm.tasks.vqa_model import VQAConfig, VQAModel
 from xfm.train.engine import unwrap
 
 __all__ = ["VQASet", "VQATask", "build_vqa_model", "question_type"]
@@ -108,7 +107,6 @@ class VQATask(Task):
     name: ClassVar[str] = "vqa"
     metric: ClassVar[str] = "accuracy"
     official_layout: ClassVar[str | None] = "vqa"
-    golden_names: ClassVar[tuple[str, ...]] = ("vqa",)
     model_sections: ClassVar[dict[str, type]] = {"decoder": DecoderConfig}
     default_options: ClassVar[dict[str, Any]] = {
         "answer_list": "{synth}/tasks/vqa_answers.json",
@@ -122,12 +120,6 @@ class VQATask(Task):
 
     def build_model(self, model_config: Mapping[str, Any]) -> VQAModel:
         return build_vqa_model(model_config, self.options["decoder_layers"])
-
-    def load_official(self, directory: str | os.PathLike[str]) -> VQAModel:
-        """The model of a golden-format directory (``config.json`` + official weights)."""
-        d = Path(directory)
-        cfg = json.loads((d / "config.json").read_text())
-        return load_official_vqa(d / "model.safetensors", config_from_golden(cfg), cfg)[0]
 
     # ------------------------------------------------------------------------ data
     def _data(self, data: TaskDataSection, path: str, what: str, train: bool, tokenizer: Any):

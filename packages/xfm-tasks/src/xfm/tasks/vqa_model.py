@@ -11,34 +11,22 @@ the decoder (:class:`~xfm.tasks.decoder.AnswerDecoder`) cross-attends to them.
   ``score = log p(first token) - NLL(answer)`` (the first token counts twice, as official), then
   a softmax over the ``k`` scores, re-sorted. Cross-attention in evaluation attends to every
   question position (official), in training only to real ones.
+
+The official checkpoint (``XFMForVQA``) is read and written by :mod:`xfm.tasks.official.vqa`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from xfm.core.checkpoint import KeyMapper, LoadReport, load_into, load_state_dict
+from xfm.core.checkpoint import LoadReport, load_into
 from xfm.core.registry import create
-from xfm.tasks.classification_official import (
-    decoder_options,
-    fusion_options,
-    keep_official_extras,
-    official_decoder_rules,
-    official_fusion_rules,
-    official_text_rules,
-    official_vision_rules,
-    text_options,
-    vision_options,
-)
 from xfm.tasks.decoder import (
     AnswerDecoder,
     DecoderConfig,
@@ -46,7 +34,7 @@ from xfm.tasks.decoder import (
     sequence_nll,
 )
 
-__all__ = ["RankResult", "VQAConfig", "VQAModel", "load_official_vqa", "official_outputs"]
+__all__ = ["RankResult", "VQAConfig", "VQAModel"]
 
 
 def _spec(spec: Mapping[str, Any], kind: str) -> tuple[str, dict[str, Any]]:
@@ -266,95 +254,3 @@ class VQAModel(nn.Module):
         }
         mapped.update(decoder_state_from_pretrained(state))
         return load_into(self, mapped, strict=False, source="xfm pretraining state")
-
-
-# ------------------------------------------------------------------ official checkpoints
-
-
-def official_key_mapper(model: VQAModel) -> KeyMapper:
-    """Official ``XFMForVQA`` state dict -> :class:`VQAModel` names."""
-    return KeyMapper(
-        [
-            *official_vision_rules(model.vision_encoder),
-            *official_text_rules(),
-            *official_fusion_rules(),
-            *official_decoder_rules(),
-        ],
-        name="official-xfm-vqa",
-    )
-
-
-def config_from_golden(cfg: Mapping[str, Any]) -> VQAConfig:
-    """:class:`VQAConfig` from an official golden ``config.json`` (any dimensions)."""
-    return VQAConfig(
-        text=text_options(cfg),
-        vision=vision_options(cfg),
-        fusion=fusion_options(cfg),
-        decoder=decoder_options(cfg),
-    )
-
-
-def load_official_vqa(
-    source: str | os.PathLike[str] | Mapping[str, torch.Tensor],
-    config: VQAConfig,
-    golden: Mapping[str, Any] | None = None,
-) -> tuple[VQAModel, LoadReport]:
-    """Build :class:`VQAModel` and load an official VQA checkpoint into it (strictly).
-
-    The tensors the import drops stay in ``model.official_extras`` (and ``golden``, the
-    golden-format config, in ``model.official_config``) for the official export.
-    """
-    model = VQAModel(config)
-    state = load_state_dict(source) if isinstance(source, str | os.PathLike) else source
-    report = load_into(model, state, mapper=official_key_mapper(model), strict=True)
-    keep_official_extras(model, state, report, golden)
-    return model.eval(), report
-
-
-def _read_config(config_json: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, Any]:
-    if isinstance(config_json, Mapping):
-        return dict(config_json)
-    return json.loads(Path(config_json).read_text())
-
-
-@torch.no_grad()
-def official_outputs(
-    config_json: Mapping[str, Any] | str | os.PathLike[str], directory: str | os.PathLike[str]
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Every output of a golden ``vqa`` directory, computed by :class:`VQAModel`.
-
-    Returns ``(computed, skipped)`` as ``xfm.tasks.check_official.task_outputs`` expects.
-    """
-    from safetensors.torch import load_file
-
-    cfg = _read_config(config_json)
-    directory = Path(directory)
-    model, _ = load_official_vqa(directory / "model.safetensors", config_from_golden(cfg), cfg)
-    x = load_file(str(directory / "inputs.safetensors"))
-    out: dict[str, torch.Tensor] = {}
-    image, q_ids, q_atts = x["image"], x["question_ids"], x["question_atts"]
-    out["vision_embeds"] = model.vision_encoder(image)
-    text = model.text_encoder(q_ids, attention_mask=q_atts)
-    out["text_embeds"] = text
-    states = model.fusion_encoder(text, q_atts, out["vision_embeds"])
-    out["question_states"] = states
-    rank = model.rank_answers(
-        states, x["answer_ids"], x["answer_atts"], int(x["k_test"]), return_logits=True
-    )
-    out["first_token_logits"] = rank.first_token_logits
-    out["first_token_prob_answers"] = rank.first_token_prob_answers
-    out["first_token_topk_ids"] = rank.first_token_topk_ids
-    out["first_token_topk_probs"] = rank.first_token_topk_probs
-    out["candidate_answer_nll"] = rank.candidate_answer_nll
-    out["candidate_log_prob_sum"] = rank.candidate_log_prob_sum
-    assert rank.candidate_logits is not None
-    out["candidate_logits_full"] = rank.candidate_logits
-    out["topk_ids"], out["topk_probs"] = rank.topk_ids, rank.topk_probs
-    out["answer_index"] = rank.answer_index
-    n = x["train_n"]
-    nll = model.answer_nll(states, q_atts, x["train_answer_ids"], x["train_answer_atts"], n)
-    out["train_answer_nll"] = nll
-    out["train_loss"] = model.loss(
-        image, q_ids, q_atts, x["train_answer_ids"], x["train_answer_atts"], n, x["train_weights"]
-    )
-    return out, {}

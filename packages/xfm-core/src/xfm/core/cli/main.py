@@ -166,7 +166,6 @@ def _exit_status(code: object) -> int:
 
 #: The subcommands of the xfm packages, by the distribution that provides them.
 FIRST_PARTY_COMMANDS: dict[str, str] = {
-    "check-official": "xfm-fusion",
     "pretrain": "xfm-train",
     "plot": "xfm-train",
     "data": "xfm-train",
@@ -174,6 +173,9 @@ FIRST_PARTY_COMMANDS: dict[str, str] = {
     "eval": "xfm-tasks",
     "search": "xfm-tasks",
     "task-data": "xfm-tasks",
+    "check-official": "xfm-tasks",
+    "export-official": "xfm-tasks",
+    "import-official": "xfm-tasks",
 }
 
 

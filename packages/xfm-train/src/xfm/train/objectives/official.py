@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from xfm.fusion.check_official import LOSS_OUTPUTS
 from xfm.train.data.batches import ImageTextBatch, RegionBatch, TextBatch
 from xfm.train.objectives.bbox import BBox, bbox_losses
 from xfm.train.objectives.context import BatchContext
@@ -25,9 +24,23 @@ if TYPE_CHECKING:
 
 __all__ = ["GOLDEN_LOSS_KEYS", "golden_batches", "golden_losses"]
 
-#: The loss entries of a pretraining golden ``outputs.safetensors`` (one list, owned by
-#: ``xfm check-official``).
-GOLDEN_LOSS_KEYS: tuple[str, ...] = LOSS_OUTPUTS
+#: The loss entries of a pretraining golden ``outputs.safetensors``, the ones
+#: :func:`golden_losses` computes (``xfm check-official``, in xfm-tasks, compares them).
+GOLDEN_LOSS_KEYS: tuple[str, ...] = (
+    "loss_itc",
+    "loss_itm",
+    "loss_mim",
+    "loss_mlm",
+    "loss_text_mlm",
+    "loss_bbox",
+    "loss_giou",
+    "loss_bbox_no_is_image",
+    "loss_giou_no_is_image",
+    "region_loss_itc",
+    "region_loss_itm",
+    "region_loss_mim",
+    "region_loss_mlm",
+)
 
 
 def golden_batches(
