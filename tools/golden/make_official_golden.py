@@ -3,11 +3,11 @@
 Writes, per set, the files of ``../shared/golden`` / ``../shared/golden_tasks/<task>`` (same
 ``config.json`` keys, same tensor names) so that ``xfm check-official DIR`` reads them, but with
 vision width 36 != text width 24 and other depths / heads / grid / vocabulary (see
-``other_dims.py`` and ``data/golden_other/README.md``)::
+``other_dims.py`` and ``packages/xfm-tasks/tests/data/golden_other/README.md``)::
 
-    python tools/golden/make_official_golden.py --out data/golden_other            # every set
+    python tools/golden/make_official_golden.py --out packages/xfm-tasks/tests/data/golden_other            # every set
     python tools/golden/make_official_golden.py --out DIR --set retrieval --set vqa
-    python tools/golden/make_official_golden.py --out data/golden_other --verify   # reload, recompute
+    python tools/golden/make_official_golden.py --out packages/xfm-tasks/tests/data/golden_other --verify   # reload, recompute
 
 Needs: torch, ``transformers<5`` (the official ``xroberta.py`` imports its internals; xfm-text's
 ``[hf]`` extra), timm (xfm-tasks), torchvision (xfm-train), numpy, scipy, six, safetensors (the

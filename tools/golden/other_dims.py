@@ -1,4 +1,4 @@
-"""The dimensions of the "other-dimension" golden sets (``data/golden_other``).
+"""The dimensions of the "other-dimension" golden sets (``packages/xfm-tasks/tests/data/golden_other``).
 
 Chosen to differ from ``../shared/golden*`` everywhere a re-implementation could mix sizes up:
 vision width 36 != text width 24 in every set (so the official ``fusion_proj`` exists and the

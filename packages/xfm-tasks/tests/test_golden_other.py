@@ -1,4 +1,4 @@
-"""``xfm check-official`` on the other-dimension golden sets (``data/golden_other``).
+"""``xfm check-official`` on the other-dimension golden sets (``packages/xfm-tasks/tests/data/golden_other``).
 
 The sets were computed by RUNNING the official X-FM code (``tools/golden/make_official_golden.py``)
 with vision width 36 != text width 24, 4 vs 2 heads, a 5x5 patch grid, other depths and
@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-GOLDEN_OTHER = Path(__file__).parents[3] / "data" / "golden_other"
+GOLDEN_OTHER = Path(__file__).parent / "data" / "golden_other"
 SETS = (
     "pretrain",
     "retrieval",
@@ -48,7 +48,7 @@ def _set_dir(name: str) -> Path:
     if not (directory / "outputs.safetensors").is_file():
         pytest.fail(
             f"{directory} is missing: regenerate with "
-            "`python tools/golden/make_official_golden.py --out data/golden_other`"
+            "`python tools/golden/make_official_golden.py --out packages/xfm-tasks/tests/data/golden_other`"
         )
     return directory
 

@@ -1,7 +1,7 @@
 """Every official layout at vision width != text width: the unused tensors (``fusion_proj``,
 ``lm_cap_head``, fusion embeddings, dead encoders) are handled for every task family.
 
-Reference: ``data/golden_other/<set>/model.safetensors``, checkpoints written by the official
+Reference: ``packages/xfm-tasks/tests/data/golden_other/<set>/model.safetensors``, checkpoints written by the official
 constructors themselves (``tools/golden``) at vision width 36, text width 24, so their key lists
 are what the official classes hold at those dimensions. For each family:
 
@@ -24,7 +24,7 @@ from xfm.tasks.official import layout_for_golden
 from xfm.tasks.official.composed import ComposedLayout
 from xfm.tasks.official.golden import fusion_options, text_options, vision_options
 
-OTHER = Path(__file__).resolve().parents[3] / "data" / "golden_other"
+OTHER = Path(__file__).resolve().parent / "data" / "golden_other"
 SETS = (
     "pretrain",
     "retrieval",
