@@ -292,7 +292,7 @@ def test_kinds_and_groups() -> None:
         "model",
         "objective",
         "task",
-        "dataset",
+        "data_source",
         "checkpoint_format",
         "cli",
     )
@@ -435,7 +435,7 @@ def test_same_distribution_listed_twice_is_one_component(
         return original(group) + stale
 
     monkeypatch.setattr(registry, "_discover_entry_points", listed_twice)
-    reg = Registry("dataset", group=private_group)
+    reg = Registry("data_source", group=private_group)
     with on_sys_path(first, second, modules=(module,)):
         assert reg.names() == ["twice"]
         assert len(reg.entries()) == 1 and reg.conflicts() == {}

@@ -7,7 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from xfm.vision import NORMALIZATIONS, eval_transform, normalization, pretrain_transform
+from xfm.vision import (
+    NORMALIZATIONS,
+    apply_seeded,
+    eval_transform,
+    normalization,
+    pretrain_transform,
+)
 
 
 def solid(color=(200, 100, 50), size=(64, 40)) -> Image.Image:
@@ -103,3 +109,19 @@ def test_bad_arguments():
         pretrain_transform(0)
     with pytest.raises(ValueError, match="unknown interpolation 'cubic'"):
         eval_transform(32, interpolation="cubic")
+
+
+def test_apply_seeded_depends_only_on_the_generator():
+    """Same generator seed, same crop; another seed, another crop; global RNG untouched."""
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    t = pretrain_transform(32, scale=(0.2, 0.5))
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = apply_seeded(t, image, torch.Generator().manual_seed(7))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(999)  # a different global state does not matter
+    b = apply_seeded(t, image, torch.Generator().manual_seed(7))
+    c = apply_seeded(t, image, torch.Generator().manual_seed(8))
+    assert a.shape == (3, 32, 32)
+    assert torch.equal(a, b) and not torch.equal(a, c)

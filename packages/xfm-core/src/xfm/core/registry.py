@@ -70,11 +70,17 @@ KINDS: Final[tuple[str, ...]] = (
     "model",
     "objective",
     "task",
-    "dataset",
+    "data_source",
     "checkpoint_format",
     "cli",
 )
-"""The kinds of components xfm knows; kind ``k`` is discovered from entry-point group ``xfm.k``."""
+"""The kinds of components xfm knows; kind ``k`` is discovered from entry-point group ``xfm.k``.
+
+Each kind is looked up by name where it is used: ``text_encoder``/``vision_encoder``/
+``fusion_encoder`` by the model from its ``text``/``vision``/``fusion`` specs, ``model`` by the
+trainer (``model.name``), ``objective`` per source (``data.sources.<s>.objectives``), ``task``
+by ``xfm finetune``/``xfm eval``, ``data_source`` by the data loader (``data.sources`` keys),
+``checkpoint_format`` by the checkpoint loaders, ``cli`` by the ``xfm`` command."""
 
 ENTRY_POINT_PREFIX: Final[str] = "xfm."
 """Prefix of the entry-point groups: kind ``text_encoder`` lives in group ``xfm.text_encoder``."""

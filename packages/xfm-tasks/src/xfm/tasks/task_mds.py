@@ -191,7 +191,7 @@ class MDSTable(torch.utils.data.Dataset):
     """
 
     def __init__(self, path: str | os.PathLike[str], kind: str, what: str = "task data") -> None:
-        from streaming.base.format import reader_from_json
+        from xfm.train.data.streaming_compat import reader_from_json
 
         self.path = Path(path)
         self.kind = kind
@@ -225,7 +225,7 @@ class MDSTable(torch.utils.data.Dataset):
         raw = self.path / shard.raw_data.basename
         if raw.is_file() or shard.zip_data is None:
             return
-        from streaming.base.compression import decompress
+        from xfm.train.data.streaming_compat import decompress
 
         data = decompress(shard.compression, (self.path / shard.zip_data.basename).read_bytes())
         part = raw.with_name(raw.name + f".{os.getpid()}.tmp")

@@ -42,6 +42,7 @@ __version__ = "0.2.0"
 # first use, so that building or running an encoder does not pay for it.
 _LAZY = {
     "NORMALIZATIONS": "xfm.vision.transforms",
+    "apply_seeded": "xfm.vision.transforms",
     "eval_transform": "xfm.vision.transforms",
     "normalization": "xfm.vision.transforms",
     "pretrain_transform": "xfm.vision.transforms",
@@ -63,6 +64,7 @@ __all__ = [
     "VisionBlock",
     "VisionTowerConfig",
     "VisionTransformer",
+    "apply_seeded",
     "beit_rules",
     "eval_transform",
     "fit_rules",

@@ -8,18 +8,30 @@ Both take PIL images or ``[C, H, W]`` uint8 tensors and return normalised float3
 * ``"inception"``: 0.5/0.5 (timm's BEiT v1 checkpoints);
 
 or an explicit ``(mean, std)`` pair.
+
+torchvision draws the random parameters from the global torch RNG; :func:`apply_seeded` runs a
+transform with its own seed (a data loader that must process a sample identically in any
+worker, e.g. :mod:`xfm.train.data.transforms`, seeds it per sample) and leaves the global RNG as
+it was.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
-__all__ = ["NORMALIZATIONS", "eval_transform", "normalization", "pretrain_transform"]
+__all__ = [
+    "NORMALIZATIONS",
+    "apply_seeded",
+    "eval_transform",
+    "normalization",
+    "pretrain_transform",
+]
 
 NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "xfm": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
@@ -122,3 +134,25 @@ def eval_transform(
         v2.CenterCrop(size),
     ]
     return v2.Compose(ops + _to_tensor(normalization))
+
+
+def apply_seeded(
+    transform: Callable[[Any], torch.Tensor], image: Any, generator: torch.Generator
+) -> torch.Tensor:
+    """``transform(image)`` with its random draws seeded from ``generator`` (one draw).
+
+    The global torch RNG is restored afterwards, so the result depends only on ``generator``'s
+    state and the caller's random stream is unchanged.
+
+    Args:
+        transform: e.g. :func:`pretrain_transform`'s result.
+        image: a PIL image or ``[C, H, W]`` uint8 tensor.
+        generator: a CPU generator; advanced by one draw.
+
+    Returns:
+        What ``transform`` returns (``[3, S, S]`` float32 for this module's transforms).
+    """
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(image)

@@ -1,4 +1,7 @@
-"""Typed batches of the four sources and the collate functions that build them.
+"""Typed batches of the four built-in sources and the collate function that builds them.
+
+A plug-in source (:mod:`xfm.train.data.sources`) declares its own :class:`Batch` subclass and is
+collated by the same :func:`collate_as` (token fields padded, tensors stacked).
 
 Every batch carries ``index`` (``[B]`` global sample ids in the dataset, for tracing and
 exact-resume checks), ``keys`` (the stored sample ``id`` strings), and the bad samples dropped
@@ -7,7 +10,7 @@ from it (``skipped``), plus ``num_raw`` = kept + skipped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -16,12 +19,14 @@ import torch
 from xfm.train.data.errors import BadSample
 
 __all__ = [
+    "TOKEN_PADDING",
     "Batch",
     "ImageBatch",
     "ImageTextBatch",
     "RegionBatch",
     "TextBatch",
     "collate",
+    "collate_as",
     "pad_sequences",
 ]
 
@@ -177,10 +182,9 @@ BATCH_TYPES: dict[str, type[Batch]] = {
     "region": RegionBatch,
     "image": ImageBatch,
 }
+"""The batch type of each built-in source (every source's: its ``DataSource.batch_type``)."""
 
-# How to stack each per-sample field: ("pad", value) for variable-length 1-D tensors,
-# "stack" for fixed-shape tensors, "list" for Python values.
-_PAD: dict[str, int | str] = {
+TOKEN_PADDING: dict[str, int | str] = {
     "input_ids": "pad_id",
     "attention_mask": 0,
     "mlm_input_ids": "pad_id",
@@ -191,17 +195,26 @@ _PAD: dict[str, int | str] = {
     "masked_pos": 0,
     "masked_labels": -100,
 }
+"""The variable-length 1-D per-sample fields and their padding value (``"pad_id"``: the
+tokenizer's padding id); :func:`collate_as` stacks every other tensor field and turns Python
+values into a tensor."""
 
 
-def collate(source: str, samples: Sequence[Any], pad_id: int = 0) -> Batch:
-    """Build the batch of ``source`` from processed samples (dicts) and :class:`BadSample` s.
+def collate_as(
+    batch_type: type[Batch],
+    samples: Sequence[Any],
+    pad_id: int = 0,
+    padding: Mapping[str, int | str] = TOKEN_PADDING,
+) -> Batch:
+    """Build a ``batch_type`` from processed samples (dicts) and :class:`BadSample` s.
 
-    Per-sample dicts hold 1-D tensors for the token fields (padded here), fixed-shape tensors
-    for the image fields (stacked), ``index`` (int) and ``key`` (str).
+    Per-sample dicts hold ``index`` (int), ``key`` (str) and one value per field of
+    ``batch_type``: the fields named in ``padding`` are 1-D tensors ``[T_i]`` right-padded to
+    ``[B, max T_i]``; other tensors are stacked (``[B, ...]``); Python numbers become a ``[B]``
+    tensor.
     """
     kept = [s for s in samples if not isinstance(s, BadSample)]
     skipped = [s for s in samples if isinstance(s, BadSample)]
-    cls = BATCH_TYPES[source]
     values: dict[str, Any] = {
         "index": torch.tensor([int(s["index"]) for s in kept], dtype=torch.long),
         "keys": [str(s["key"]) for s in kept],
@@ -213,11 +226,19 @@ def collate(source: str, samples: Sequence[Any], pad_id: int = 0) -> Batch:
             if name in ("index", "key"):
                 continue
             items = [s[name] for s in kept]
-            if name in _PAD:
-                pad = _PAD[name]
+            if name in padding:
+                pad = padding[name]
                 values[name] = pad_sequences(items, pad_id if pad == "pad_id" else int(pad))
             elif torch.is_tensor(items[0]):
                 values[name] = torch.stack(items)
             else:
                 values[name] = torch.tensor(items)
-    return cls(**values)
+    return batch_type(**values)
+
+
+def collate(source: str, samples: Sequence[Any], pad_id: int = 0) -> Batch:
+    """The batch of registered data source ``source`` (built-in or plug-in) from processed
+    samples: its ``DataSource.collate`` (by default :func:`collate_as` its batch type)."""
+    from xfm.train.data.sources import get_source
+
+    return get_source(source).collate(samples, pad_id)

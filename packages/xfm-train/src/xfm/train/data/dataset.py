@@ -4,6 +4,9 @@ Each raw MDS sample is decoded, transformed, tokenized and masked by a *processo
 loader worker that reads it. A sample that cannot be processed (corrupt image, missing field,
 empty caption) becomes a :class:`~xfm.train.data.errors.BadSample` that the collate function
 drops and counts, so it still counts as consumed and resumption stays exact.
+
+What this needs of streaming beyond its public API goes through
+:mod:`xfm.train.data.streaming_compat` (explained and version-checked there).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from streaming import StreamingDataset
 
+from xfm.train.data import streaming_compat as compat
 from xfm.train.data.errors import BadSample, DataSourceError
 from xfm.train.data.schemas import get_schema
 from xfm.train.data.writers import _cloud_reason
@@ -66,7 +70,8 @@ class SourceDataset(StreamingDataset):
     """Samples of one source, read from a local folder or an object store, processed.
 
     Args:
-        source: ``"text"``, ``"image_text"``, ``"region"`` or ``"image"``.
+        source: a registered data source (``"text"``, ``"image_text"``, ``"region"``,
+            ``"image"`` or a plug-in's).
         url: local folder, ``s3://...`` or ``gs://...`` holding ``index.json`` and shards.
         processor: called as ``processor(raw, sample_id, epoch)`` inside the workers; raise
             to mark the sample bad. ``None`` yields the raw column dict.
@@ -152,11 +157,7 @@ class SourceDataset(StreamingDataset):
         """Every shard listed in ``index.json`` must exist (raw or compressed), locally or in
         the remote folder (one listing), so that a missing shard is a clear error here rather
         than a hang or a silently short epoch in the loader workers."""
-        names = [
-            (raw.basename, zip_.basename if zip_ is not None else None)
-            for shard in self.shards
-            for raw, zip_ in shard.file_pairs
-        ]
+        names = compat.shard_file_pairs(self)
         if remote is None:
             absent = [
                 raw
@@ -207,16 +208,12 @@ class SourceDataset(StreamingDataset):
             # for it forever. Marking it LOCAL sends them to read it: they find the file absent
             # and try to prepare it themselves (a retry), failing with this same error.
             with contextlib.suppress(Exception):
-                from streaming.base.dataset import _ShardState
-
-                self._shard_states[shard_id] = _ShardState.LOCAL
+                compat.mark_shard_local(self, shard_id)
             raise self._shard_error(shard_id, exc) from exc
 
     def _shard_error(self, shard_id: int, exc: BaseException) -> DataSourceError:
-        shard = self.shards[shard_id]
-        name = shard.file_pairs[0][0].basename if shard.file_pairs else f"shard {shard_id}"
-        stream = self.streams[self.stream_per_shard[shard_id]]
-        if stream.remote is None and not Path(stream.local, name).is_file():
+        local, remote, name = compat.shard_stream(self, shard_id)
+        if remote is None and not Path(local, name).is_file():
             why = "the file is missing"
         else:
             text = str(exc).strip()
@@ -230,8 +227,7 @@ class SourceDataset(StreamingDataset):
 
     def _raise_background_error(self) -> None:
         err = getattr(self, "_bg_error", None)
-        event = getattr(self, "_event", None)
-        if err is None and not (event is not None and event.is_set()):
+        if err is None and not compat.background_failed(self):
             return
         if isinstance(err, DataSourceError):
             raise err
@@ -242,19 +238,33 @@ class SourceDataset(StreamingDataset):
         ) from err
 
     def _stream_columns(self) -> list[str]:
-        return list(getattr(self.shards[0], "column_names", [])) if self.shards else []
+        return compat.column_names(self)
 
-    def _resume_incr_epoch(self) -> tuple[int, int]:
-        epoch, sample_in_epoch = super()._resume_incr_epoch()
-        self._epoch = epoch  # the processors derive per-sample randomness from it
-        return epoch, sample_in_epoch
+    @property
+    def epoch(self) -> int:
+        """The epoch being read (the processors derive per-sample randomness from it)."""
+        return self._epoch
+
+    def start_epoch(self, epoch: int, sample_in_epoch: int, state: dict[str, Any]) -> None:
+        """Make the next iteration read epoch ``epoch`` from sample ``sample_in_epoch`` on
+        (over all ranks). Call before creating the iterator (and so the loader workers).
+
+        Args:
+            epoch: the epoch to read.
+            sample_in_epoch: samples of it already consumed over all ranks.
+            state: the rest of streaming's resume state (``num_canonical_nodes``,
+                ``shuffle_seed``, ``initial_physical_nodes``).
+        """
+        # Streaming ignores a resume state below its shared epoch counter (see
+        # streaming_compat): point the counter at our epoch so that the state is honoured.
+        compat.set_next_epoch(self, epoch)
+        self.load_state_dict({**state, "epoch": epoch, "sample_in_epoch": sample_in_epoch})
+        self._epoch = epoch
 
     def locate(self, sample_id: int) -> tuple[str, int]:
         """``(shard file name, index in shard)`` of global sample ``sample_id``."""
-        shard_id, index = self.spanner[sample_id]
-        shard = self.shards[shard_id]
-        name = shard.raw_data.basename if hasattr(shard, "raw_data") else f"shard {shard_id}"
-        return name, int(index)
+        _, name, index = compat.sample_location(self, sample_id)
+        return name, index
 
     def get_item(self, sample_id: int, retry: int = 7) -> Any:
         """The processed sample ``sample_id``, or a :class:`BadSample` saying why not."""
@@ -264,7 +274,7 @@ class SourceDataset(StreamingDataset):
             raise
         except RuntimeError as exc:  # streaming's download failure: not a bad sample, a bad source
             self._raise_background_error()
-            shard_id, _ = self.spanner[sample_id]
+            shard_id, _, _ = compat.sample_location(self, sample_id)
             raise self._shard_error(shard_id, exc) from exc
         except Exception as exc:  # undecodable column
             return self._bad(sample_id, f"unreadable sample: {type(exc).__name__}: {exc}")
@@ -304,35 +314,8 @@ def _open_reason(exc: BaseException) -> str:
     return _cloud_reason(exc)
 
 
-#: The shared-memory members of a ``streaming.StreamingDataset`` (mosaicml-streaming 0.13):
-#: its locals record and resume state (``SharedMemory``), and objects holding one
-#: (``SharedArray`` / ``SharedScalar`` / ``SharedBarrier``).
-_SHM_MEMBERS = ("_locals_shm", "_resume_shm")
-_SHM_HOLDERS = ("_shared_barrier", "_next_epoch", "_cache_usage", "_shard_states")
-_SHM_HOLDERS += ("_shard_access_times",)
-
-
 def release_shared_memory(dataset: StreamingDataset) -> None:
-    """Close (and unlink, where this process created them) ``dataset``'s shared memory.
-
-    Streaming keeps every shared-memory object alive until the process exits (an ``atexit``
-    handler holds it) and, when a dataset starts, opens the blocks of every prefix still in
-    use: in a long-lived process (a notebook, a test session) each new dataset then holds
-    handles to all earlier ones, and the open files grow quadratically until the process limit
-    (seen: 20,000 after ~100 trainer runs). Called when a loader is released for good; the
-    dataset cannot be iterated afterwards. This is the one place that touches streaming's
-    private members; it is a no-op for members a streaming version does not have.
-    """
-    import contextlib
-
-    shms = [getattr(dataset, name, None) for name in _SHM_MEMBERS]
-    for name in _SHM_HOLDERS:
-        holder = getattr(dataset, name, None)
-        arr = getattr(holder, "arr", None) or getattr(holder, "_arr", None) or holder
-        shms.append(getattr(arr, "shm", None))
-    for shm in shms:
-        cleanup = getattr(shm, "cleanup", None)
-        if cleanup is None:
-            continue
-        with contextlib.suppress(Exception):
-            cleanup()
+    """Close (and unlink, where this process created them) ``dataset``'s shared memory; the
+    dataset cannot be iterated afterwards (see
+    :func:`xfm.train.data.streaming_compat.release_shared_memory`)."""
+    compat.release_shared_memory(dataset)

@@ -1,7 +1,8 @@
 """Loaders: one per source (:class:`SourceLoader`) and the per-step multi-source loader.
 
 :class:`MultiSourceLoader` yields, per optimizer step, a ``dict`` with one batch from each
-enabled source (in SPEC order ``text, image_text, region, image``), each with its own batch
+enabled source (built-in sources in SPEC order ``text, image_text, region, image``, then
+plug-in sources: see :func:`~xfm.train.data.sources.order_sources`), each with its own batch
 size. Each source runs through its epochs independently. ``state_dict()`` records, per source,
 the epoch and the number of samples consumed in it (over all ranks); ``load_state_dict()``
 makes a freshly built loader continue exactly where the saved one stopped.
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader
 from xfm.train.data.batches import Batch, collate
 from xfm.train.data.dataset import SourceDataset, release_shared_memory
 from xfm.train.data.errors import BadSample, DataError, DataSourceError, TooManyBadSamplesError
-from xfm.train.data.schemas import SOURCES, get_schema
+from xfm.train.data.schemas import get_schema
 
 __all__ = [
     "LoaderConfig",
@@ -115,9 +116,9 @@ class LoaderConfig:
 
 
 def _world_size() -> int:
-    from streaming.base.world import World
+    from xfm.train.data.streaming_compat import world_size
 
-    return World.detect().num_ranks
+    return world_size()
 
 
 @dataclass
@@ -133,7 +134,8 @@ class SourceLoader:
     """Batches of one source across epochs, with exact resumption.
 
     Args:
-        source: ``"text"``, ``"image_text"``, ``"region"`` or ``"image"``.
+        source: a registered data source (``"text"``, ``"image_text"``, ``"region"``,
+            ``"image"`` or a plug-in's, see :mod:`xfm.train.data.sources`).
         config: where and how many.
         loader: settings shared by the sources.
         processor: per-sample processor (see :class:`SourceDataset`); ``None`` yields raw
@@ -198,12 +200,9 @@ class SourceLoader:
         return int(self.dataset.epoch_size)
 
     def _start_epoch(self) -> None:
-        # Streaming treats a resume state whose epoch is below its own (shared-memory) epoch
-        # counter as stale and silently starts the next epoch from its beginning. Its counter
-        # has moved on whenever an iteration was started and abandoned (the distributed probe
-        # step, a resume after any batch): point it at our epoch so the state is honoured.
-        self.dataset.next_epoch = self.epoch
-        self.dataset.load_state_dict(self._streaming_state())
+        # (streaming's epoch counter is reset to ours there: an abandoned iteration, e.g. the
+        # distributed probe step or a resume after any batch, has moved it on)
+        self.dataset.start_epoch(self.epoch, self.sample_in_epoch, self._streaming_state())
         if self.loader_config.num_workers > 0:
             # PR_SET_PDEATHSIG fires when the *thread* that started the workers ends: only
             # use it for workers started by the main thread (the watchdog covers the rest).
@@ -216,8 +215,6 @@ class SourceLoader:
 
     def _streaming_state(self) -> dict[str, Any]:
         return {
-            "epoch": self.epoch,
-            "sample_in_epoch": self.sample_in_epoch,
             "num_canonical_nodes": self.loader_config.num_canonical_nodes,
             "shuffle_seed": self.loader_config.seed,
             "initial_physical_nodes": None,
@@ -431,7 +428,7 @@ class MultiSourceLoader:
     """Per step, one batch from every enabled source.
 
     Args:
-        sources: :class:`SourceConfig` by source name (any subset of ``SOURCES``).
+        sources: :class:`SourceConfig` by registered source name.
         loader: shared settings.
         processors: per-source processors (see :mod:`xfm.train.data.transforms`); a source
             without one yields raw column lists.
@@ -448,16 +445,18 @@ class MultiSourceLoader:
         processors: dict[str, Callable[[dict[str, Any], int, int], Any]] | None = None,
         pad_id: int = 0,
     ) -> None:
-        unknown = set(sources) - set(SOURCES)
+        from xfm.train.data.sources import order_sources, source_names
+
+        unknown = set(sources) - set(source_names())
         if unknown:
             raise KeyError(
-                f"Unknown data source(s) {sorted(unknown)}; expected some of {list(SOURCES)}."
+                f"Unknown data source(s) {sorted(unknown)}; expected some of {source_names()}."
             )
         processors = processors or {}
         self.loaders: dict[str, SourceLoader] = {}
-        for name in SOURCES:
-            cfg = sources.get(name)
-            if cfg is None or not cfg.enabled:
+        for name in order_sources(sources):
+            cfg = sources[name]
+            if not cfg.enabled:
                 continue
             self.loaders[name] = SourceLoader(name, cfg, loader, processors.get(name), pad_id)
         if not self.loaders:
@@ -528,12 +527,13 @@ def build_loader(
             once here for the padding id (and again lazily in each worker). ``None`` yields
             raw samples.
     """
+    from xfm.train.data.sources import get_source
     from xfm.train.data.transforms import build_processors, load_tokenizer
 
     if process is None:
         return MultiSourceLoader(sources, loader)
     pad_id = 0
-    needs_text = any(s in sources for s in ("text", "image_text", "region"))
+    needs_text = any(get_source(s).uses_tokenizer for s in sources)
     if needs_text and process.tokenizer is not None:
         pad_id = int(load_tokenizer(process.tokenizer).pad_id)
     processors = build_processors(process, list(sources))

@@ -1,6 +1,9 @@
-"""MDS column schemas of the four pretraining sources (SPEC section 2).
+"""MDS column schemas: the columns of each pretraining source and how a sample is checked.
 
-Every source stores a string ``id`` (unique sample key) and its own columns:
+A :class:`Schema` is part of a registered data source (see :mod:`xfm.train.data.sources`);
+:func:`get_schema` finds it by source name through the ``data_source`` registry, so the writers
+and loaders accept plug-in sources too. Every source stores a string ``id`` (unique sample key)
+and its own columns; those of the four built-in sources (SPEC section 2):
 
 ============  ==============================================================================
 source        columns
@@ -16,7 +19,8 @@ image         ``image`` (bytes), ``label`` (int, ``-1`` when the image has no la
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -37,12 +41,16 @@ class Schema:
         columns: MDS encodings by column name (passed to ``streaming.MDSWriter``).
         types: accepted Python types by column name.
         non_empty: string columns that must not be empty or whitespace.
+        check: further checks of a typed sample, ``check(row, at)``: raise
+            :class:`~xfm.train.data.errors.SchemaError` (``at`` locates the sample in the
+            message) or return the row, possibly normalised (e.g. a box as floats).
     """
 
     source: str
     columns: Mapping[str, str]
     types: Mapping[str, tuple[type, ...]]
     non_empty: tuple[str, ...] = ()
+    check: Callable[[dict[str, Any], str], dict[str, Any]] | None = None
 
     def validate(self, sample: Mapping[str, Any], where: str = "") -> dict[str, Any]:
         """Check ``sample`` against the schema; return it as a plain dict of the columns only.
@@ -70,18 +78,29 @@ class Schema:
         for name in self.non_empty:
             if not str(out[name]).strip():
                 raise SchemaError(f"{self.source} sample{at}: column {name!r} is empty.")
-        if self.source == "region":
-            box = out["box"]
-            if len(box) != 4 or not all(isinstance(v, int | float) for v in box):
-                raise SchemaError(
-                    f"region sample{at}: 'box' must be 4 numbers [x, y, w, h], got {box!r}."
-                )
-            if box[2] <= 0 or box[3] <= 0:
-                raise SchemaError(f"region sample{at}: box {box!r} has no area.")
-            out["box"] = [float(v) for v in box]
-        if self.source in ("image_text", "region", "image") and not out["image"]:
-            raise SchemaError(f"{self.source} sample{at}: column 'image' is empty.")
+        if self.check is not None:
+            out = self.check(out, at)
         return out
+
+
+def _check_image(row: dict[str, Any], at: str, source: str) -> dict[str, Any]:
+    if not row["image"]:
+        raise SchemaError(f"{source} sample{at}: column 'image' is empty.")
+    return row
+
+
+def _image_check(source: str) -> Callable[[dict[str, Any], str], dict[str, Any]]:
+    return functools.partial(_check_image, source=source)  # (picklable, unlike a lambda)
+
+
+def _check_region(row: dict[str, Any], at: str) -> dict[str, Any]:
+    box = row["box"]
+    if len(box) != 4 or not all(isinstance(v, int | float) for v in box):
+        raise SchemaError(f"region sample{at}: 'box' must be 4 numbers [x, y, w, h], got {box!r}.")
+    if box[2] <= 0 or box[3] <= 0:
+        raise SchemaError(f"region sample{at}: box {box!r} has no area.")
+    row["box"] = [float(v) for v in box]
+    return _check_image(row, at, "region")
 
 
 _BYTES = (bytes,)
@@ -95,6 +114,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
         {"id": "str", "image": "bytes", "caption": "str", "image_id": "str"},
         {"id": _STR, "image": _BYTES, "caption": _STR, "image_id": _STR},
         ("caption",),
+        _image_check("image_text"),
     ),
     "region": Schema(
         "region",
@@ -117,24 +137,28 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "height": _INT,
         },
         ("caption",),
+        _check_region,
     ),
     "image": Schema(
         "image",
         {"id": "str", "image": "bytes", "label": "int"},
         {"id": _STR, "image": _BYTES, "label": _INT},
+        check=_image_check("image"),
     ),
 }
-"""Schema of each source, by name."""
+"""Schema of each built-in source, by name (every source's: :func:`get_schema`)."""
 
 SOURCES: Final[tuple[str, ...]] = ("text", "image_text", "region", "image")
-"""The sources in the order one optimizer step visits them (SPEC section 2)."""
+"""The built-in sources in the order one optimizer step visits them (SPEC section 2); plug-in
+sources come after them (see :attr:`xfm.train.data.sources.DataSource.order`)."""
 
 
 def get_schema(source: str) -> Schema:
-    """The :class:`Schema` of ``source``; raises ``KeyError`` naming the known sources."""
-    try:
-        return SCHEMAS[source]
-    except KeyError:
-        raise KeyError(
-            f"Unknown data source {source!r}; expected one of {list(SOURCES)}."
-        ) from None
+    """The :class:`Schema` of registered data source ``source`` (built-in or plug-in).
+
+    Raises:
+        KeyError: no such source (the message lists the registered ones).
+    """
+    from xfm.train.data.sources import get_source
+
+    return get_source(source).schema

@@ -7,7 +7,10 @@ randomness (augmentation, MIM masks, MLM masks) comes from generators seeded by
 reads it, and a resumed run sees the same masks as an uninterrupted one.
 
 Text masking comes from :mod:`xfm.text` (whole-word MLM for plain text, span masking for
-captions) and image masking from :mod:`xfm.vision` (BEiT block-wise masks).
+captions), image transforms from :mod:`xfm.vision.transforms` (random resized crop, resize,
+normalisation; seeded per sample) and image masking from :mod:`xfm.vision` (BEiT block-wise
+masks). :class:`SampleProcessor` is the base a plug-in source's processor can build on (see
+:mod:`xfm.train.data.sources`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "ImageTextProcessor",
     "ProcessConfig",
     "RegionProcessor",
+    "SampleProcessor",
     "TextProcessor",
     "build_processors",
     "image_index_of",
@@ -103,19 +107,33 @@ def image_index_of(image_id: str) -> int:
     return zlib.crc32(image_id.encode())
 
 
-def _check(raw: dict[str, Any], source: str) -> None:
-    missing = [c for c in get_schema(source).columns if c not in raw or raw[c] is None]
-    if missing:
-        raise BadSampleError(f"missing field(s) {missing}")
+class SampleProcessor:
+    """Base of the per-sample processors: ``processor(raw, sample_id, epoch) -> dict``.
 
+    Subclasses set :attr:`source` and implement ``__call__``, which returns ``index`` (the
+    ``sample_id``), ``key`` (the stored ``id``) and one value per field of the source's batch
+    type; they raise (e.g. :class:`~xfm.train.data.errors.BadSampleError`) to mark a sample
+    bad. The helpers give the seeded per-sample randomness, the tokenizer and the image
+    tensors that the built-in sources use.
 
-class _Base:
+    Args:
+        config: the shared processing settings (``data.process`` of a run).
+        tokenizer: an already loaded tokenizer (else loaded lazily from ``config.tokenizer``).
+    """
+
     source = ""
 
     def __init__(self, config: ProcessConfig, tokenizer: Any | None = None) -> None:
         self.config = config
         self._tokenizer = tokenizer
         self._masker: Any | None = None
+        self._transforms: dict[bool, Any] = {}
+
+    def check_columns(self, raw: dict[str, Any]) -> None:
+        """Raise :class:`BadSampleError` when a column of the source's schema is missing."""
+        missing = [c for c in get_schema(self.source).columns if c not in raw or raw[c] is None]
+        if missing:
+            raise BadSampleError(f"missing field(s) {missing}")
 
     # -- text ---------------------------------------------------------------------------
     @property
@@ -129,25 +147,54 @@ class _Base:
             self._tokenizer = load_tokenizer(self.config.tokenizer)
         return self._tokenizer
 
-    def _encode(self, text: str, max_len: int) -> torch.Tensor:
+    def encode(self, text: str, max_len: int) -> torch.Tensor:
+        """``[T]`` int64 token ids of ``text`` with special tokens, at most ``max_len``.
+
+        Raises:
+            BadSampleError: ``text`` is empty or not a string.
+        """
         if not isinstance(text, str) or not text.strip():
             raise BadSampleError("empty text")
         return _encode_one(self.tokenizer, text, max_len)
 
+    _encode = encode
+
     # -- images -------------------------------------------------------------------------
-    def _image_tensor(self, data: bytes, gen: torch.Generator, augment: bool) -> torch.Tensor:
+    def _transform(self, augment: bool) -> Any:
+        """The :mod:`xfm.vision.transforms` pipeline: random resized crop (scale 0.5-1,
+        bicubic, no flip) when ``augment``, else a bicubic resize; then normalisation."""
+        if augment not in self._transforms:
+            from xfm.vision.transforms import eval_transform, pretrain_transform
+
+            norm = (self.config.mean, self.config.std)
+            size = self.config.image_size
+            self._transforms[augment] = (
+                pretrain_transform(size, scale=(0.5, 1.0), hflip=0.0, normalization=norm)
+                if augment
+                else eval_transform(size, normalization=norm)
+            )
+        return self._transforms[augment]
+
+    def image_tensor(self, data: bytes, gen: torch.Generator, augment: bool) -> torch.Tensor:
+        """Encoded image ``data`` -> normalised float32 ``[3, S, S]`` (``S`` = image_size).
+
+        Args:
+            data: encoded image bytes (JPEG, PNG...).
+            gen: seeds the random crop (one draw; unused without ``augment``).
+            augment: random resized crop instead of a plain resize.
+        """
+        from xfm.vision.transforms import apply_seeded
+
         img = decode_image(data)
-        s = self.config.image_size
         if augment:
-            img = _random_resized_crop(img, s, gen)
-        else:
-            img = img.resize((s, s), resample=3)  # bicubic
-        scale = 1.0 / (255.0 * np.asarray(self.config.std, dtype=np.float32))
-        shift = np.asarray(self.config.mean, dtype=np.float32) / np.asarray(
-            self.config.std, dtype=np.float32
-        )
-        x = np.asarray(img, dtype=np.float32) * scale - shift  # [H, W, 3]
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+            return apply_seeded(self._transform(True), img, gen)
+        return self._transform(False)(img)
+
+    _image_tensor = image_tensor  # (the name xfm-tasks' ImageReader calls)
+
+    def mim_mask(self, seed: int) -> torch.Tensor:
+        """``[N]`` bool BEiT block mask of the patch grid (all False when ``config.mim`` is off)."""
+        return self._mim_mask(seed)
 
     def _mim_mask(self, seed: int) -> torch.Tensor:
         g = self.config.grid
@@ -161,18 +208,21 @@ class _Base:
             self._masker = BlockMaskingGenerator(g, n, min_num_patches=min_block)
         return self._masker(np.random.default_rng(seed)).reshape(-1)
 
-    def _gen(self, epoch: int, sample_id: int, salt: str) -> torch.Generator:
+    def generator(self, epoch: int, sample_id: int, salt: str) -> torch.Generator:
+        """A CPU generator seeded by ``(config.seed, epoch, sample_id, salt)``."""
         return torch.Generator().manual_seed(sample_seed(self.config.seed, epoch, sample_id, salt))
 
+    _gen = generator
 
-class TextProcessor(_Base):
+
+class TextProcessor(SampleProcessor):
     """``text`` samples -> ``input_ids``, ``attention_mask``, ``mlm_input_ids``, ``mlm_labels``."""
 
     source = "text"
 
     def __call__(self, raw: dict[str, Any], sample_id: int, epoch: int) -> dict[str, Any]:
         """Process one raw ``text`` sample (see the module docstring)."""
-        _check(raw, self.source)
+        self.check_columns(raw)
         ids = self._encode(raw["text"], self.config.max_text_len)
         masked, labels = _text_mlm(
             self.tokenizer,
@@ -191,7 +241,7 @@ class TextProcessor(_Base):
         }
 
 
-class _CaptionMixin(_Base):
+class _CaptionMixin(SampleProcessor):
     def _caption(self, caption: str, epoch: int, sample_id: int) -> dict[str, torch.Tensor]:
         ids = self._encode(caption, self.config.max_caption_len)
         masked, pos, labels = _caption_mask(
@@ -217,7 +267,7 @@ class ImageTextProcessor(_CaptionMixin):
 
     def __call__(self, raw: dict[str, Any], sample_id: int, epoch: int) -> dict[str, Any]:
         """Process one raw ``image_text`` sample."""
-        _check(raw, self.source)
+        self.check_columns(raw)
         out: dict[str, Any] = {"index": sample_id, "key": raw["id"]}
         out.update(self._caption(raw["caption"], epoch, sample_id))
         out["image"] = self._image_tensor(
@@ -235,7 +285,7 @@ class RegionProcessor(_CaptionMixin):
 
     def __call__(self, raw: dict[str, Any], sample_id: int, epoch: int) -> dict[str, Any]:
         """Process one raw ``region`` sample."""
-        _check(raw, self.source)
+        self.check_columns(raw)
         box = raw["box"]
         width, height = int(raw["width"]), int(raw["height"])
         if not (isinstance(box, list | tuple) and len(box) == 4) or width <= 0 or height <= 0:
@@ -260,14 +310,14 @@ class RegionProcessor(_CaptionMixin):
         return out
 
 
-class ImageProcessor(_Base):
+class ImageProcessor(SampleProcessor):
     """``image`` samples -> image, MIM mask, label."""
 
     source = "image"
 
     def __call__(self, raw: dict[str, Any], sample_id: int, epoch: int) -> dict[str, Any]:
         """Process one raw ``image`` sample."""
-        _check(raw, self.source)
+        self.check_columns(raw)
         return {
             "index": sample_id,
             "key": raw["id"],
@@ -279,34 +329,14 @@ class ImageProcessor(_Base):
         }
 
 
-PROCESSORS: dict[str, type[_Base]] = {
-    "text": TextProcessor,
-    "image_text": ImageTextProcessor,
-    "region": RegionProcessor,
-    "image": ImageProcessor,
-}
-
-
 def build_processors(
     config: ProcessConfig, sources: list[str] | tuple[str, ...], tokenizer: Any | None = None
 ) -> dict[str, Any]:
-    """One processor per source name, sharing ``config`` (and ``tokenizer`` if given)."""
-    return {s: PROCESSORS[s](config, tokenizer) for s in sources}
+    """One processor per registered source name (built-in or plug-in, see
+    :mod:`xfm.train.data.sources`), sharing ``config`` (and ``tokenizer`` if given)."""
+    from xfm.train.data.sources import get_source
 
-
-def _random_resized_crop(img: Any, size: int, gen: torch.Generator) -> Any:
-    """Crop 50-100% of the area with aspect ratio 3/4..4/3 at a random place, resize."""
-    w, h = img.size
-    for _ in range(10):
-        area = w * h * float(torch.empty(1).uniform_(0.5, 1.0, generator=gen))
-        logr = float(torch.empty(1).uniform_(np.log(3 / 4), np.log(4 / 3), generator=gen))
-        r = float(np.exp(logr))
-        cw, ch = round((area * r) ** 0.5), round((area / r) ** 0.5)
-        if 0 < cw <= w and 0 < ch <= h:
-            left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-            top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-            return img.resize((size, size), resample=3, box=(left, top, left + cw, top + ch))
-    return img.resize((size, size), resample=3)
+    return {s: get_source(s).processor(config, tokenizer) for s in sources}
 
 
 # ---------------------------------------------------------------------------------------

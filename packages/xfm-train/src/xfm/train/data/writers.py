@@ -92,6 +92,8 @@ class ShardWriter:
         image_format: encoding of PIL images given to :meth:`write` (``"JPEG"`` or ``"PNG"``).
         exist_ok: allow writing into a non-empty local folder (streaming overwrites it).
         progress_bar: show streaming's upload progress bars.
+        source: the registered data source to write (a plug-in's, say); subclasses set the
+            class attribute instead. Samples are given to :meth:`write_sample` as column dicts.
     """
 
     source: ClassVar[str] = ""
@@ -100,6 +102,7 @@ class ShardWriter:
         self,
         out: str,
         *,
+        source: str | None = None,
         compression: str | None = None,
         size_limit: int | str = 1 << 26,
         image_format: str = "JPEG",
@@ -108,6 +111,10 @@ class ShardWriter:
     ) -> None:
         from streaming import MDSWriter
 
+        if source is not None:
+            self.source = source  # type: ignore[misc]  (the instance's source)
+        if not self.source:
+            raise ValueError("ShardWriter needs a source: pass source=... or use a subclass")
         self.schema: Schema = get_schema(self.source)
         self.out = str(out)
         self.image_format = image_format
@@ -250,9 +257,13 @@ _WRITERS: dict[str, type[ShardWriter]] = {
 
 
 def open_writer(source: str, out: str, **kwargs: Any) -> ShardWriter:
-    """The writer of ``source`` (see :class:`ShardWriter` for ``kwargs``)."""
+    """The writer of registered data source ``source`` (see :class:`ShardWriter` for
+    ``kwargs``): a built-in source's own writer class, else a :class:`ShardWriter` whose
+    :meth:`~ShardWriter.write_sample` takes the source's column dicts."""
     get_schema(source)
-    return _WRITERS[source](out, **kwargs)
+    if source in _WRITERS:
+        return _WRITERS[source](out, **kwargs)
+    return ShardWriter(out, source=source, **kwargs)
 
 
 def _reason(message: str) -> str:

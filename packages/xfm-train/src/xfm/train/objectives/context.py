@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from xfm.train.data.batches import BATCH_TYPES, Batch
+from xfm.train.data.batches import Batch
 from xfm.train.objectives.base import gather_masked
 
 if TYPE_CHECKING:
@@ -32,9 +32,11 @@ class BatchContext:
 
     Args:
         model: the (unwrapped) :class:`~xfm.fusion.XFM`.
-        source: ``"text"``, ``"image_text"``, ``"region"`` or ``"image"``.
+        source: ``"text"``, ``"image_text"``, ``"region"``, ``"image"`` or a plug-in source
+            (:mod:`xfm.train.data.sources`).
         batch: the batch of that source (:class:`~xfm.train.data.batches.TextBatch`,
-            ``ImageTextBatch``, ``RegionBatch`` or ``ImageBatch``), already on the device.
+            ``ImageTextBatch``, ``RegionBatch``, ``ImageBatch`` or the plug-in source's
+            ``batch_type``), already on the device.
         generator: random generator of the ITM hard-negative sampling.
         negatives: fixed ``(neg_image_idx, neg_text_idx)`` ``[B]`` instead of sampling.
     """
@@ -48,11 +50,12 @@ class BatchContext:
         generator: torch.Generator | None = None,
         negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
-        expected = BATCH_TYPES.get(source)
-        if expected is None:
-            raise ValueError(
-                f"unknown source {source!r}; expected text, image_text, region or image"
-            )
+        from xfm.train.data.sources import get_source
+
+        try:
+            expected = get_source(source).batch_type
+        except KeyError as e:
+            raise ValueError(f"unknown source {source!r}: {e}") from None
         if not isinstance(batch, expected):
             raise TypeError(
                 f"a {source!r} context needs a {expected.__name__}; got {type(batch).__name__}"
