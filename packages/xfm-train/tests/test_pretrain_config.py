@@ -4,13 +4,14 @@ names, and the bounds of counts and intervals (one ``error:`` line, exit 2)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from xfm.core.cli import main
 from xfm.core.config import ConfigError
-from xfm.train.config import SOURCE_NAMES, load_pretrain_config
+from xfm.train.config import load_pretrain_config
 
 ROOT = Path(__file__).resolve().parents[3]
 TINY = str(ROOT / "configs" / "pretrain" / "tiny.yaml")
@@ -53,10 +54,34 @@ def test_unknown_source_names_the_valid_ones_and_the_closest() -> None:
     assert "Valid sources" in _error("data.sources.video.url=x")
 
 
-def test_source_names_are_the_processors() -> None:
-    from xfm.train.data.transforms import PROCESSORS
+def test_source_names_come_from_the_data_source_registry() -> None:
+    """A source registered in-process is accepted by name; the built-in four are there."""
+    from xfm.core.registry import get_registry
+    from xfm.train.data.schemas import SCHEMAS
+    from xfm.train.data.sources import IMAGE, DataSource, source_names
 
-    assert set(SOURCE_NAMES) == set(PROCESSORS)
+    assert {"text", "image_text", "region", "image"} <= set(source_names())
+    assert "cfg_probe" not in source_names()
+    assert "Valid sources" in _error("data.sources.cfg_probe.url=x")
+    schema = dataclasses.replace(SCHEMAS["image"], source="cfg_probe")
+    probe = dataclasses.replace(IMAGE, name="cfg_probe", schema=schema, objectives={"mim": 1.0})
+    assert isinstance(probe, DataSource)
+    reg = get_registry("data_source")
+    reg.register("cfg_probe", probe)
+    try:
+        cfg = load_pretrain_config(TINY, ["data.sources.cfg_probe.url=x"])
+        assert cfg.data.sources["cfg_probe"].url == "x"
+    finally:
+        reg.unregister("cfg_probe")
+
+
+def test_model_name_is_checked_against_the_model_registry() -> None:
+    msg = _error("model.name=xfmm")
+    assert msg.startswith(f"{OVERRIDE} 'model.name=xfmm': invalid value for 'model.name': ")
+    assert "Unknown model 'xfmm'. Did you mean 'xfm'?" in msg
+    assert "Available model components: 'xfm'" in msg
+    cfg = load_pretrain_config(TINY, ["model.name=xfm"])
+    assert cfg.model["name"] == "xfm" and cfg.model["embed_dim"] == 64
 
 
 def test_model_section_keys_and_values_are_checked() -> None:
@@ -116,3 +141,32 @@ def test_cli_reports_one_error_line_and_exit_2(capsys: pytest.CaptureFixture[str
         assert main(["pretrain", "--config", TINY, override]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {OVERRIDE} {override!r}: "), err
+
+
+def test_the_trainer_creates_the_model_the_config_names(tmp_path: Path) -> None:
+    """``model.name`` picks the ``model`` registry entry; the other keys are its options."""
+    from xfm.core.registry import get_registry
+    from xfm.fusion.model import XFM
+    from xfm.train.trainer import Trainer
+
+    built: list[dict] = []
+
+    class ProbeModel(XFM):
+        def __init__(self, **options) -> None:
+            built.append(options)
+            super().__init__(**options)
+
+    reg = get_registry("model")
+    reg.register("probe_model", ProbeModel)
+    try:
+        cfg = load_pretrain_config(
+            TINY, ["model.name=probe_model", "model.embed_dim=8", f"run_dir={tmp_path}"]
+        )
+        trainer = Trainer(cfg, print_fn=lambda _: None)
+        trainer.model_spec = trainer._model_config(None)
+        model = trainer._create_model()
+    finally:
+        reg.unregister("probe_model")
+    assert type(model) is ProbeModel and model.config.embed_dim == 8
+    assert "name" not in built[0] and built[0]["vision"]["name"] == "beit_v2"
+    assert built[0]["vision"]["image_size"] == 48  # filled in from data.process

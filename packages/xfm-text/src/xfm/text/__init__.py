@@ -9,7 +9,7 @@ Public API:
 * masking: :func:`text_mlm_mask`, :func:`caption_mask`, :func:`span_mask`, :class:`MaskedTokens`;
 * Hugging Face weights: :func:`from_hf`, :func:`load_hf_state_dict`, :func:`to_hf_state_dict`,
   :func:`save_hf`, and the key rules (:func:`encoder_key_rules`, :func:`mlm_head_key_rules`,
-  :func:`encoder_drop_patterns`, :func:`mlm_head_drop_patterns`, :func:`hf_key_mapper`) that
+  :func:`encoder_drop_patterns`, :func:`mlm_head_drop_patterns`, :func:`hf_key_mapper`, :func:`hf_layout`) that
   other packages reuse for checkpoints embedding a BERT/RoBERTa (the official X-FM one).
 """
 
@@ -23,6 +23,7 @@ from xfm.text.hf import (
     encoder_key_rules,
     from_hf,
     hf_key_mapper,
+    hf_layout,
     load_hf_state_dict,
     mlm_head_drop_patterns,
     mlm_head_key_rules,
@@ -55,6 +56,7 @@ __all__ = [
     "from_hf",
     "gather_positions",
     "hf_key_mapper",
+    "hf_layout",
     "init_bert_weights",
     "load_hf_state_dict",
     "load_tokenizer",

@@ -332,6 +332,19 @@ def _encoder_prefix(keys: Sequence[str], source: str) -> str:
     return prefix
 
 
+def hf_layout(
+    keys: Sequence[str], source: str = "<state dict>"
+) -> tuple[str, tuple[HeadStyle, str] | None]:
+    """Where a Hugging Face BERT/RoBERTa state dict keeps its parts: ``(encoder prefix,
+    (head style, head prefix) or None)``, e.g. ``("roberta.", ("roberta", "lm_head."))`` for a
+    ``RobertaForMaskedLM`` and ``("", None)`` for a ``BertModel``.
+
+    Raises:
+        ValueError: ``keys`` are not a BERT/RoBERTa state dict (no word embeddings).
+    """
+    return _encoder_prefix(keys, source), _head_layout(keys)
+
+
 def _read_folder(folder: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``(config.json dict, state dict)`` of a ``save_pretrained`` folder."""
     config_path = os.path.join(folder, "config.json")
@@ -570,6 +583,7 @@ __all__ = [
     "encoder_key_rules",
     "from_hf",
     "hf_key_mapper",
+    "hf_layout",
     "load_hf_state_dict",
     "mlm_head_drop_patterns",
     "mlm_head_key_rules",

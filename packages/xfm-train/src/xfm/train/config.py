@@ -8,8 +8,9 @@ Every section is checked when the file is loaded (exit 2 from the command line, 
 the free-form sections against the classes that consume them (``data.process`` against
 :class:`xfm.train.data.ProcessConfig`, ``data.loader`` against
 :class:`xfm.train.data.LoaderConfig`, ``model`` against :class:`xfm.fusion.XFMConfig` and each
-encoder spec against its registered encoder's config class, see :data:`ModelSpec`), source names
-against :data:`SOURCE_NAMES`, and counts and intervals against their bounds.
+encoder spec against its registered encoder's config class, see :data:`ModelSpec`), the model
+name against the ``model`` registry, source names against the ``data_source`` registry, and
+counts and intervals against their bounds.
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ NonNegativeInt = Annotated[int, Field(ge=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 __all__ = [
-    "SOURCE_NAMES",
+    "DEFAULT_MODEL",
     "CheckpointSection",
     "DataSection",
     "EvalSection",
+    "FusionInitSection",
+    "InitSection",
     "LogSection",
     "ModelSpec",
     "NonNegativeFloat",
@@ -45,27 +48,21 @@ __all__ = [
     "PretrainConfig",
     "SourceSection",
     "SynthSection",
+    "TextInitSection",
+    "VisionInitSection",
     "check_model_spec",
     "default_objectives",
     "load_pretrain_config",
 ]
 
-#: Objectives (name -> weight) of each source in the official recipe (SPEC section 2).
-DEFAULT_OBJECTIVES: dict[str, dict[str, float]] = {
-    "text": {"text_mlm": 1.0},
-    "image_text": {"itc": 1.0, "itm": 1.0, "fusion_mlm": 1.0, "mim": 1.0},
-    "region": {"itc": 1.0, "itm": 1.0, "fusion_mlm": 1.0, "bbox": 1.0},
-    "image": {"mim": 1.0},
-}
-
 
 def default_objectives(source: str) -> dict[str, float]:
-    """A copy of the official objectives of ``source``."""
-    return dict(DEFAULT_OBJECTIVES.get(source, {}))
+    """A copy of the default objectives (name -> weight) of registered data source ``source``
+    (for the built-in sources the official recipe, SPEC section 2)."""
+    from xfm.train.data.sources import get_source
 
+    return dict(get_source(source).objectives)
 
-#: The data source kinds a pretraining step reads (``data.sources`` keys).
-SOURCE_NAMES: tuple[str, ...] = tuple(DEFAULT_OBJECTIVES)
 
 #: Encoder spec keys of the model section and the registry kind of each.
 ENCODER_KINDS: dict[str, str] = {
@@ -115,12 +112,33 @@ def _check_encoder(key: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, **validate_section(config_class, options, prefix=key)}
 
 
+#: The ``model`` registry name a model section without ``name`` builds.
+DEFAULT_MODEL = "xfm"
+
+
+def _model_config_class(spec: Mapping[str, Any]) -> tuple[str, type | None]:
+    """The model name of ``spec`` (default :data:`DEFAULT_MODEL`) and the config dataclass of
+    the registered model (``None``: the model declares none, its options are not checked)."""
+    from xfm.core.registry import RegistryError, get
+
+    name = spec.get("name", DEFAULT_MODEL)
+    if not isinstance(name, str):
+        raise ConfigError(f"expected str, got {name!r} ({type(name).__name__})", key="name")
+    try:
+        component = get("model", name)
+    except RegistryError as e:
+        raise ConfigError(str(e), key="name") from None
+    return name, _encoder_config_class(component)
+
+
 def check_model_spec(
     spec: dict[str, Any], sections: Mapping[str, type] | None = None
 ) -> dict[str, Any]:
-    """Check a model section: :class:`xfm.fusion.XFMConfig` keys and types, and each encoder
-    spec (``text``/``vision``/``fusion``) against its registered encoder's config class (found
-    by ``name``). Values are converted; missing keys keep their defaults (filled in later).
+    """Check a model section: ``name`` (default ``xfm``) against the ``model`` registry, the
+    other keys and types against that model's config class (:class:`xfm.fusion.XFMConfig`
+    for ``xfm``), and each encoder spec (``text``/``vision``/``fusion``) against its
+    registered encoder's config class (found by ``name``). Values are converted; missing keys
+    keep their defaults (filled in later).
 
     Args:
         spec: the model section.
@@ -130,13 +148,13 @@ def check_model_spec(
     Raises:
         ValueError: reported by :func:`xfm.core.config.load_config` under the model's key.
     """
-    from xfm.fusion.model import XFMConfig
-
     sections = dict(sections or {})
-    values = validate_section(XFMConfig, {k: v for k, v in spec.items() if k not in sections})
+    _, config_class = _model_config_class(spec)
+    options = {k: v for k, v in spec.items() if k not in sections and k != "name"}
+    values = validate_section(config_class, options) if config_class is not None else options
     for key in ENCODER_KINDS:
-        if key in values:
-            values[key] = _check_encoder(key, values[key])
+        if key in values and isinstance(values[key], Mapping):
+            values[key] = _check_encoder(key, dict(values[key]))
     for key, section_class in sections.items():
         if key in spec:
             if not isinstance(spec[key], Mapping):
@@ -145,17 +163,24 @@ def check_model_spec(
                     key=key,
                 )
             values[key] = validate_section(section_class, spec[key], prefix=key)
+    if "name" in spec:
+        values["name"] = spec["name"]
     return {k: values[k] for k in spec}
 
 
-#: An :class:`xfm.fusion.XFMConfig` as a dict, checked at load time by :func:`check_model_spec`.
+#: A model section as a dict: ``name`` (a ``model`` registry name, default ``xfm``) and the
+#: fields of that model's config class (:class:`xfm.fusion.XFMConfig`), checked at load time
+#: by :func:`check_model_spec`.
 ModelSpec = Annotated[dict[str, Any], AfterValidator(check_model_spec)]
 
 
 def _check_sources(sources: dict[str, Any]) -> dict[str, Any]:
+    from xfm.train.data.sources import source_names
+
+    names = source_names()
     for name in sources:
-        if name not in SOURCE_NAMES:
-            raise UnknownKeyError(name, SOURCE_NAMES, what="source")
+        if name not in names:
+            raise UnknownKeyError(name, names, what="source")
     return sources
 
 
@@ -185,7 +210,8 @@ class SourceSection:
         batch_size: per-rank batch size.
         weight: multiplies every loss of this source.
         enabled: include the source in each step.
-        objectives: objective name -> weight (empty: the official set of the source).
+        objectives: objective name -> weight (empty: the source's defaults, the official set
+            for the built-in sources).
         options: objective name -> constructor options (e.g. ``{itc: {id_aware: false}}``).
     """
 
@@ -219,7 +245,8 @@ class DataSection:
     Attributes:
         synth: build/use the synthetic dataset (``None``: real data only).
         tokenizer: tokenizer folder (default ``{synth}/tokenizer``).
-        sources: ``text``, ``image_text``, ``region``, ``image``.
+        sources: registered data sources by name (``text``, ``image_text``, ``region``,
+            ``image`` or a plug-in's: :mod:`xfm.train.data.sources`).
         eval_url: held-out image-text MDS for zero-shot retrieval (``""``: none).
         process: :class:`xfm.train.data.ProcessConfig` fields.
         loader: :class:`xfm.train.data.LoaderConfig` fields (``seed`` defaults to the run's).
@@ -326,6 +353,86 @@ class LogSection:
     plot: bool = True
 
 
+#: Layer selection of an ``init:`` source: ``None`` (every layer, counts must match), an explicit
+#: list of source layers (one per model layer, in order) or ``every_other`` (layers 1, 3, 5...
+#: of a source with twice the model's layers, as the official code takes 12 of 24).
+LayerSelection = list[NonNegativeInt] | Literal["every_other"] | None
+
+
+@dataclass
+class TextInitSection:
+    """The language encoder from a Hugging Face BERT / RoBERTa folder (``init.text``).
+
+    Attributes:
+        path: a ``save_pretrained`` folder: ``config.json`` + ``model.safetensors`` or
+            ``pytorch_model.bin`` (read with ``weights_only``), e.g. ``roberta-base``.
+        layers: which checkpoint layers become the model's: ``null`` (all; the counts must
+            match), a list of checkpoint layers (one per model layer, in order) or
+            ``every_other`` (layers 1, 3, 5... of a checkpoint with twice the model's layers,
+            as the official code takes 12 of roberta-large's 24).
+        mlm_head: also load the checkpoint's MLM head (``lm_head`` / ``cls.predictions``) into
+            the text MLM head when it has one.
+    """
+
+    path: Annotated[str, Field(min_length=1)]
+    layers: LayerSelection = None
+    mlm_head: bool = True
+
+
+@dataclass
+class VisionInitSection:
+    """The vision encoder from a BEiT-v2 checkpoint (``init.vision``), resized to the model's
+    image size (relative position tables interpolated, a shared table copied into every block).
+
+    Attributes:
+        path: a ``.pth`` (read with ``weights_only``; ``{"model": ...}`` nesting is found) or
+            ``.safetensors`` file.
+        format: ``timm`` (timm's ``Beit`` state dict), ``official`` (the BEiT-v2 release, e.g.
+            ``beitv2_base_patch16_224_pt1k.pth``, or an X-FM checkpoint's ``vision_encoder.*``),
+            ``auto`` (``official`` when the keys say so, else ``timm``).
+    """
+
+    path: Annotated[str, Field(min_length=1)]
+    format: Literal["auto", "timm", "official"] = "auto"
+
+
+@dataclass
+class FusionInitSection:
+    """The fusion encoder's self-attention and feed-forward blocks from the ``init.text``
+    checkpoint (``init.fusion``; cross-attention stays new). The official X-FM code starts its
+    fusion encoder from scratch: leave ``init.fusion`` unset for that.
+
+    Attributes:
+        layers: checkpoint layers for the fusion layers (``null``: the top ``model.fusion.layers``
+            layers of the checkpoint, the BERT-style "upper layers become cross-modal" init; or
+            a list, or ``every_other``, as for ``init.text.layers``).
+        mlm_head: copy the checkpoint's MLM head into the fusion MLM head too.
+    """
+
+    layers: LayerSelection = None
+    mlm_head: bool = False
+
+
+@dataclass
+class InitSection:
+    """The official recipe's initialisation from public weights (SPEC sections 1 and 5).
+
+    Attributes:
+        text: the language encoder (and its MLM head) from Hugging Face BERT / RoBERTa weights.
+        vision: the vision encoder from BEiT-v2 weights.
+        fusion: the fusion encoder from the text checkpoint's layers (default: from scratch).
+        new_params: which parameters get ``optim.new_param_lr_mult``: ``left_new`` (every
+            parameter no source filled, listed in the log and ``init.json``) or ``patterns``
+            (``optim.new_params``, e.g. to give a scratch fusion encoder the base lr as the
+            official code does).
+    """
+
+    text: TextInitSection | None = None
+    vision: VisionInitSection | None = None
+    fusion: FusionInitSection | None = None
+    new_params: Literal["left_new", "patterns"] = "left_new"
+
+
 @dataclass
 class PretrainConfig:
     """Everything ``xfm pretrain`` needs.
@@ -341,13 +448,17 @@ class PretrainConfig:
             ``WORLD_SIZE`` > 1).
         compile: ``torch.compile`` the loss module.
         deterministic: ``torch.use_deterministic_algorithms(True)``.
-        model: :class:`xfm.fusion.XFMConfig` fields (``text``/``vision``/``fusion`` specs; the
-            text ``vocab_size``/``pad_token_id`` default to the tokenizer's, the vision
+        model: ``name``: the ``model`` registry name (default ``xfm``, :class:`xfm.fusion.XFM`;
+            a plug-in model must offer the same interface), and its config fields:
+            :class:`xfm.fusion.XFMConfig`'s for ``xfm`` (``text``/``vision``/``fusion`` specs;
+            the text ``vocab_size``/``pad_token_id`` default to the tokenizer's, the vision
             ``image_size``/``patch_size`` to ``data.process``).
         init_from: optional weights to start from (``xfm.core.checkpoint.load_state_dict``).
         init_strict: refuse an ``init_from`` whose tensors are missing (other than
             ``optim.new_params``) or differently shaped, with the grouped report; ``false``
             starts those tensors from scratch.
+        init: the encoders from public weights (:class:`InitSection`); not together with
+            ``init_from``. A resumed run loads its checkpoint and does not run it again.
     """
 
     run_dir: str = "runs/pretrain"
@@ -362,11 +473,25 @@ class PretrainConfig:
     model: ModelSpec = field(default_factory=dict)
     init_from: str = ""
     init_strict: bool = True
+    init: InitSection | None = None
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     eval: EvalSection = field(default_factory=EvalSection)
     log: LogSection = field(default_factory=LogSection)
+
+    def __post_init__(self) -> None:
+        if self.init is not None and self.init_from:
+            raise ConfigError(
+                "init_from (a whole xfm state dict) and init (encoders from public weights) "
+                "exclude each other: set one of them",
+                key="init",
+            )
+        if self.init is not None and self.init.fusion is not None and self.init.text is None:
+            raise ConfigError(
+                "init.fusion copies layers of the init.text checkpoint: set init.text too",
+                key="init.fusion",
+            )
 
 
 def load_pretrain_config(path: str, overrides: Sequence[str] = ()) -> PretrainConfig:

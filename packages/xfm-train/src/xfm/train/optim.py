@@ -4,7 +4,7 @@ linear warm-up / linear decay schedule."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import torch
 from torch import nn
@@ -18,12 +18,17 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
     return any(re.search(p, name) for p in patterns)
 
 
-def param_groups(model: nn.Module, cfg: OptimSection) -> list[dict]:
+def param_groups(
+    model: nn.Module, cfg: OptimSection, new_names: Collection[str] | None = None
+) -> list[dict]:
     """Up to four groups: (decay | no decay) x (pretrained | new, ``lr_mult``).
 
+    New parameters are those named in ``new_names`` when given (what ``init:`` left new,
+    see :mod:`xfm.train.public_init`), else those matching ``cfg.new_params``.
     Each group holds ``params``, ``weight_decay``, ``lr_mult`` and ``names`` (for reports).
     Tied parameters appear once; frozen ones (``requires_grad=False``) are left out.
     """
+    new_set = None if new_names is None else set(new_names)
     buckets: dict[tuple[bool, bool], dict] = {}
     seen: set[int] = set()
     for name, p in model.named_parameters():
@@ -31,7 +36,7 @@ def param_groups(model: nn.Module, cfg: OptimSection) -> list[dict]:
             continue
         seen.add(id(p))
         decay = not _matches(name, cfg.no_decay) and p.ndim > 0
-        new = _matches(name, cfg.new_params)
+        new = _matches(name, cfg.new_params) if new_set is None else name in new_set
         group = buckets.setdefault(
             (decay, new),
             {
@@ -46,9 +51,14 @@ def param_groups(model: nn.Module, cfg: OptimSection) -> list[dict]:
     return [buckets[k] for k in sorted(buckets)]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimSection, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module,
+    cfg: OptimSection,
+    device: torch.device,
+    new_names: Collection[str] | None = None,
+) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` (fused kernel where supported, else foreach)."""
-    groups = param_groups(model, cfg)
+    groups = param_groups(model, cfg, new_names)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_mult"]
     fused = cfg.fused

@@ -21,7 +21,7 @@ import torch
 from xfm.core.checkpoint import load_into, load_state_dict
 from xfm.core.config import save_config, to_dict
 from xfm.train.checkpointing import capture_rng, join_url, restore_rng
-from xfm.train.config import PretrainConfig, default_objectives
+from xfm.train.config import DEFAULT_MODEL, PretrainConfig, default_objectives
 from xfm.train.distributed import barrier, get_rank, is_main_process
 from xfm.train.engine import Engine, EngineSettings, seed_everything
 from xfm.train.init_check import check_init
@@ -139,6 +139,14 @@ class Trainer:
             vision.setdefault("patch_size", proc["patch_size"])
         return spec
 
+    def _create_model(self) -> torch.nn.Module:
+        """The model ``model.name`` names (default ``xfm``), created through the ``model``
+        registry with the other keys of the model section as its options."""
+        from xfm.core.registry import create
+
+        options = {k: v for k, v in self.model_spec.items() if k != "name"}
+        return create("model", self.model_spec.get("name", DEFAULT_MODEL), **options)
+
     def _build_data(self) -> tuple[Any, Any, Any]:
         from xfm.train.data import LoaderConfig, ProcessConfig, SourceConfig, SourceLoader
         from xfm.train.data.transforms import ImageTextProcessor, load_tokenizer
@@ -187,11 +195,9 @@ class Trainer:
         seed_everything(cfg.seed)
         tokenizer, self.loader, self.evaluator = self._build_data()
 
-        from xfm.fusion.model import XFM, XFMConfig
-
         self.model_spec = self._model_config(tokenizer)
         seed_everything(cfg.seed)
-        self.model = XFM(XFMConfig(**self.model_spec)).to(self.device)
+        self.model = self._create_model().to(self.device)
         if cfg.init_from:
             report = load_into(self.model, load_state_dict(cfg.init_from), strict=False)
             line = check_init(
@@ -200,6 +206,7 @@ class Trainer:
             self.print(f"initialised from {cfg.init_from}: {line}")
             if not self.model.config.vision_guidance:
                 self.model.reset_mim_teacher()  # the frozen MIM teacher = the loaded encoder
+        new_names = self._init_public() if cfg.init is not None else None
         # same initial weights on every rank; different dropout / hard negatives per rank
         rank = get_rank()
         seed_everything(cfg.seed * 1_000_003 + rank + 1)
@@ -218,7 +225,7 @@ class Trainer:
             self.model,
             self.loss_module,
             # the model, not the wrapper: new_params patterns name model parameters
-            lambda trainable: build_optimizer(self.model, cfg.optim, self.device),
+            lambda trainable: build_optimizer(self.model, cfg.optim, self.device, new_names),
             lambda optimizer: build_scheduler(optimizer, cfg.optim, cfg.steps),
             probe=self._probe_loss,
             generator=self.generator,
@@ -237,6 +244,29 @@ class Trainer:
         if is_main_process():
             engine.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, engine.run_dir / "config.yaml")
+
+    def _init_public(self) -> list[str] | None:
+        """``init:``: the encoders from public weights, on a fresh start only (a resumed run's
+        checkpoint holds the weights). Returns the parameters that get the new-parameter lr
+        (``None``: ``optim.new_params`` decides), recorded beside the checkpoints for resumes."""
+        from xfm.train.public_init import apply_init, read_init_record, write_init_record
+
+        init, engine = self.cfg.init, self.engine
+        left_new = init.new_params == "left_new"
+        if self.resume:
+            if not left_new:
+                return None
+            url = self.resume if isinstance(self.resume, str) else None
+            where = (url.rsplit("/", 1)[0] if "/" in url else ".") if url else engine.ckpt_dir
+            return read_init_record(where)  # beside the checkpoint resumed from
+        result = apply_init(self.model, init)
+        for line in result.lines(self.cfg.optim.new_param_lr_mult if left_new else None):
+            self.print(line)
+        if is_main_process():
+            write_init_record(engine.ckpt_dir, result, init)
+        if not self.model.config.vision_guidance:
+            self.model.reset_mim_teacher()  # the frozen MIM teacher = the loaded encoder
+        return result.new if left_new else None
 
     def _probe_loss(self) -> torch.Tensor:
         """The loss of one probe step (for the unused-parameter probe); data and RNG state
@@ -340,7 +370,12 @@ class Trainer:
         summary: dict[str, Any] = {"steps": self.step, "elapsed_s": elapsed, "retrieval": result}
         engine = self.engine
         if self.cfg.checkpoint.export_safetensors:
-            engine.export(join_url(engine.ckpt_dir, "model.safetensors"), self.model_spec)
+            # the default model's spec is exported as plain XFMConfig fields (what the task
+            # loaders read); a plug-in model's keeps its registry name
+            spec = dict(self.model_spec)
+            if spec.get("name") == DEFAULT_MODEL:
+                del spec["name"]
+            engine.export(join_url(engine.ckpt_dir, "model.safetensors"), spec)
         if is_main_process():
             engine.close_metrics()
             hist = self.history
