@@ -239,6 +239,6 @@ def collate_as(
 def collate(source: str, samples: Sequence[Any], pad_id: int = 0) -> Batch:
     """The batch of registered data source ``source`` (built-in or plug-in) from processed
     samples: its ``DataSource.collate`` (by default :func:`collate_as` its batch type)."""
-    from xfm.train.data.sources import get_source
+    from xfm.core.registry import get  # the registry, not xfm.train.data.sources: no cycle
 
-    return get_source(source).collate(samples, pad_id)
+    return get("data_source", source).collate(samples, pad_id)

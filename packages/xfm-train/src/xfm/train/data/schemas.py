@@ -159,6 +159,6 @@ def get_schema(source: str) -> Schema:
     Raises:
         KeyError: no such source (the message lists the registered ones).
     """
-    from xfm.train.data.sources import get_source
+    from xfm.core.registry import get  # the registry, not xfm.train.data.sources: no cycle
 
-    return get_source(source).schema
+    return get("data_source", source).schema

@@ -334,9 +334,9 @@ def build_processors(
 ) -> dict[str, Any]:
     """One processor per registered source name (built-in or plug-in, see
     :mod:`xfm.train.data.sources`), sharing ``config`` (and ``tokenizer`` if given)."""
-    from xfm.train.data.sources import get_source
+    from xfm.core.registry import get  # the registry, not xfm.train.data.sources: no cycle
 
-    return {s: get_source(s).processor(config, tokenizer) for s in sources}
+    return {s: get("data_source", s).processor(config, tokenizer) for s in sources}
 
 
 # ---------------------------------------------------------------------------------------
