@@ -1,8 +1,9 @@
 """The task commands never run code from a file they read: ``xfm eval --checkpoint``,
 ``xfm finetune ... init_from=`` and ``xfm finetune --resume PATH`` given a torch file or a
 raw pickle whose unpickling would run ``touch MARKER`` end with one ``error:`` line, exit 2,
-and no marker. (The pretraining and check-official cases: xfm-train's
-test_trust_checkpoints.py.)"""
+and no marker; so do ``xfm check-official`` (a golden folder whose ``model.safetensors`` is such
+a file) and ``xfm import-official`` (an official ``.pth`` that is one). (The pretraining cases:
+xfm-train's test_trust_checkpoints.py.)"""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from xfm.train.checkpointing import MANIFEST_FORMAT, TRAIN_STATE_FORMAT, manifest_url
 
 XFM = Path(sys.executable).parent / "xfm"
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden_tasks" / "retrieval"
 RETRIEVAL = Path(__file__).resolve().parents[3] / "configs" / "tasks" / "retrieval_synth.yaml"
 MODEL = [
     "model.text.width=32",
@@ -109,4 +111,32 @@ def test_task_commands_refuse_malicious_files(
     errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1, out
     assert any(w in errors[0] for w in ("refused", "not a torch", "pickle")), out
+    assert not marker.exists(), f"code from the file ran: {out}"
+
+
+@pytest.mark.parametrize("kind", ["torch", "pickle"])
+@pytest.mark.parametrize("case", ["check-official", "import-official"])
+def test_official_commands_refuse_malicious_files(tmp_path: Path, case: str, kind: str) -> None:
+    marker = tmp_path / "MARKER"
+    evil = _evil(kind, marker)
+    if case == "check-official":
+        golden = tmp_path / "golden"
+        golden.mkdir()
+        for name in ("config.json", "inputs.safetensors", "outputs.safetensors"):
+            (golden / name).write_bytes((GOLDEN / name).read_bytes())
+        (golden / "model.safetensors").write_bytes(evil)
+        args = ["check-official", str(golden)]
+    else:
+        (tmp_path / "official.pth").write_bytes(evil)
+        args = ["import-official", str(tmp_path / "official.pth"), "--out", str(tmp_path / "o.st")]
+        args += ["--task", "retrieval", "--config", str(GOLDEN / "config.json")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(XFM), *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out, out
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, out
     assert not marker.exists(), f"code from the file ran: {out}"
