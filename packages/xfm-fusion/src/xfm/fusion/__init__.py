@@ -1,7 +1,14 @@
 """xfm.fusion: the fusion encoder, the composed X-FM model and its heads, official checkpoint import."""
 
 from xfm.fusion.encoder import CrossAttentionFusionEncoder, FusionEncoderConfig
-from xfm.fusion.model import XFM, XFMConfig
+from xfm.fusion.model import (
+    HEAD_FACTORIES,
+    PRETRAIN_HEADS,
+    XFM,
+    XFMConfig,
+    XFMEncoders,
+    build_heads,
+)
 from xfm.fusion.official import (
     UNUSED_OFFICIAL,
     from_official,
@@ -13,11 +20,15 @@ from xfm.fusion.official import (
 __version__ = "0.2.0"
 
 __all__ = [
+    "HEAD_FACTORIES",
+    "PRETRAIN_HEADS",
     "UNUSED_OFFICIAL",
     "XFM",
     "CrossAttentionFusionEncoder",
     "FusionEncoderConfig",
     "XFMConfig",
+    "XFMEncoders",
+    "build_heads",
     "from_official",
     "infer_official_config",
     "to_official",

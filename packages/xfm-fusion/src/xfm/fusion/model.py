@@ -1,9 +1,11 @@
-"""The composed X-FM model: three encoders found through the registry, plus heads."""
+"""The composed X-FM model: three encoders found through the registry (:class:`XFMEncoders`),
+plus heads built by named factories (:data:`HEAD_FACTORIES`)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,41 +70,50 @@ def _width(encoder: nn.Module, kind: str) -> int:
     return int(encoder.width)
 
 
-class XFM(nn.Module):
-    """Language, vision and fusion encoders with X-FM's projection, ITM, bbox and MLM heads.
+def create_encoders(config: XFMConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """``(vision, text, fusion)`` encoders of ``config``, built in that order through the
+    registry, each checked against its contract; the fusion encoder's ``width`` /
+    ``vision_width`` default to the text / vision widths (and its width must be the text's)."""
+    vision = _create_encoder("vision_encoder", config.vision)
+    text = _create_encoder("text_encoder", config.text)
+    dv = _width(vision, "vision_encoder")
+    dt = _width(text, "text_encoder")
+    fusion = _create_encoder("fusion_encoder", config.fusion, width=dt, vision_width=dv)
+    df = _width(fusion, "fusion_encoder")
+    if df != dt:
+        raise ValueError(f"the fusion encoder width ({df}) must equal the text width ({dt})")
+    return vision, text, fusion
+
+
+class XFMEncoders(nn.Module):
+    """The language, vision and fusion encoders of X-FM and their passes; no heads.
+
+    Submodules ``vision_encoder``, ``text_encoder``, ``fusion_encoder`` (built in that order
+    through the registry). :class:`XFM` adds the pretraining heads, task models
+    (:class:`xfm.tasks.base.TaskModel`) the heads they own; both build them with
+    :func:`build_heads`.
 
     Shapes: images ``[B, 3, H, W]``; token ids / masks ``[B, T]``; vision states
-    ``[B, 1+N, Dv]``; text and fusion states ``[B, T, Dt]``; ITC features ``[B, E]``.
+    ``[B, 1+N, Dv]``; text and fusion states ``[B, T, Dt]``.
     """
 
     def __init__(self, config: XFMConfig | None = None, **overrides: Any) -> None:
         super().__init__()
         config = dataclasses.replace(config or XFMConfig(), **overrides)
         self.config = config
-        self.vision_encoder = _create_encoder("vision_encoder", config.vision)
-        self.text_encoder = _create_encoder("text_encoder", config.text)
-        dv = _width(self.vision_encoder, "vision_encoder")
-        dt = _width(self.text_encoder, "text_encoder")
-        self.fusion_encoder = _create_encoder(
-            "fusion_encoder", config.fusion, width=dt, vision_width=dv
-        )
-        df = _width(self.fusion_encoder, "fusion_encoder")
-        if df != dt:
-            raise ValueError(f"the fusion encoder width ({df}) must equal the text width ({dt})")
-        tcfg = self.text_encoder.config
-        word = self.text_encoder.embeddings.word.weight
-        self.text_mlm_head = MLMHead(dt, tcfg.vocab_size, eps=tcfg.layer_norm_eps, tied_weight=word)
-        self.fusion_mlm_head = MLMHead(dt, tcfg.vocab_size, eps=tcfg.layer_norm_eps)
-        self.vision_proj = nn.Linear(dv, config.embed_dim)
-        self.text_proj = nn.Linear(dt, config.embed_dim)
-        self.temp = nn.Parameter(torch.tensor(float(config.temp)))
-        self.itm_head = MLPHead(dt, 2)
-        self.bbox_head = MLPHead(dt, 4)
+        self.vision_encoder, self.text_encoder, self.fusion_encoder = create_encoders(config)
         #: Official tensors with no counterpart here, kept for export (see xfm.fusion.official).
         self.official_extras: dict[str, torch.Tensor] = {}
-        self._mim_teacher: list[nn.Module] = []  # a list keeps it out of parameters/state_dict
-        if not config.vision_guidance:
-            self.reset_mim_teacher()
+
+    @property
+    def text_width(self) -> int:
+        """Width ``Dt`` of the language / fusion states."""
+        return int(self.text_encoder.width)
+
+    @property
+    def vision_width(self) -> int:
+        """Width ``Dv`` of the vision states."""
+        return int(self.vision_encoder.width)
 
     # ----------------------------------------------------------------- encoders
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -134,11 +145,96 @@ class XFM(nn.Module):
             text_states = text_states.detach()
         return self.fusion_encoder(text_states, text_mask, image_states, image_mask, image_kv)
 
-    # -------------------------------------------------------------------- heads
-    def clamp_temp(self) -> None:
-        """Clamp the temperature in place into ``[min_temp, max_temp]`` (call before each step)."""
-        with torch.no_grad():
-            self.temp.clamp_(self.config.min_temp, self.config.max_temp)
+    # ------------------------------------------------------------------- region
+    @staticmethod
+    def region_vision_states(
+        vision_states: torch.Tensor, image_index: torch.Tensor, region_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-text region features ``[Bt, 1+N, Dv]`` (official ``region_vision_embeds``).
+
+        ``vision_states`` ``[Bi, 1+N, Dv]``; ``image_index`` ``[Bt]`` picks each text's image;
+        ``region_mask`` ``[Bt, 1+N]`` marks patches inside the region (column 0 always 1).
+        Position 0 becomes the mean of the patch states inside the region; positions ``1:`` are
+        the image's patch states (use ``region_mask`` as the cross-attention mask).
+        """
+        gathered = vision_states[image_index.long()]
+        w = region_mask[:, 1:].to(gathered.dtype).unsqueeze(-1)
+        pooled = (gathered[:, 1:] * w).sum(1) / w.sum(1).clamp_min(1.0)
+        return torch.cat([pooled.unsqueeze(1), gathered[:, 1:]], dim=1)
+
+
+# ------------------------------------------------------------------------- head factories
+def text_mlm_head(encoders: XFMEncoders) -> MLMHead:
+    """Text-only MLM head ``Dt -> V``, its decoder tied to the text word embeddings."""
+    tcfg = encoders.text_encoder.config
+    word = encoders.text_encoder.embeddings.word.weight
+    return MLMHead(encoders.text_width, tcfg.vocab_size, eps=tcfg.layer_norm_eps, tied_weight=word)
+
+
+def fusion_mlm_head(encoders: XFMEncoders) -> MLMHead:
+    """Image-conditioned MLM head ``Dt -> V`` on the fusion states (own decoder)."""
+    tcfg = encoders.text_encoder.config
+    return MLMHead(encoders.text_width, tcfg.vocab_size, eps=tcfg.layer_norm_eps)
+
+
+def vision_proj(encoders: XFMEncoders) -> nn.Linear:
+    """ITC image projection ``Dv -> E``."""
+    return nn.Linear(encoders.vision_width, encoders.config.embed_dim)
+
+
+def text_proj(encoders: XFMEncoders) -> nn.Linear:
+    """ITC text projection ``Dt -> E``."""
+    return nn.Linear(encoders.text_width, encoders.config.embed_dim)
+
+
+def temperature(encoders: XFMEncoders) -> nn.Parameter:
+    """The learnable ITC temperature (a scalar parameter, ``config.temp`` at init)."""
+    return nn.Parameter(torch.tensor(float(encoders.config.temp)))
+
+
+def itm_head(encoders: XFMEncoders) -> MLPHead:
+    """Match / no-match classifier ``Dt -> 2`` on the fusion pair vector."""
+    return MLPHead(encoders.text_width, 2)
+
+
+def bbox_head(encoders: XFMEncoders) -> MLPHead:
+    """Box regressor ``Dt -> 4`` on the fusion pair vector."""
+    return MLPHead(encoders.text_width, 4)
+
+
+#: The pretraining heads by attribute name, in construction (and state-dict) order.
+HEAD_FACTORIES: dict[str, Callable[[XFMEncoders], nn.Module | nn.Parameter]] = {
+    "text_mlm_head": text_mlm_head,
+    "fusion_mlm_head": fusion_mlm_head,
+    "vision_proj": vision_proj,
+    "text_proj": text_proj,
+    "temp": temperature,
+    "itm_head": itm_head,
+    "bbox_head": bbox_head,
+}
+
+#: Names of the pretraining heads (what a task model may declare it owns).
+PRETRAIN_HEADS: tuple[str, ...] = tuple(HEAD_FACTORIES)
+
+
+def build_heads(model: XFMEncoders, names: Iterable[str]) -> None:
+    """Add the pretraining heads ``names`` to ``model`` as attributes of those names.
+
+    They are built in :data:`PRETRAIN_HEADS` order whatever the order of ``names``, so a model
+    with every head is initialised (and its state dict ordered) like :class:`XFM`.
+    """
+    wanted = set(names)
+    unknown = sorted(wanted - set(HEAD_FACTORIES))
+    if unknown:
+        raise ValueError(f"unknown X-FM heads {unknown}; expected some of {list(PRETRAIN_HEADS)}")
+    for name in PRETRAIN_HEADS:
+        if name in wanted:
+            setattr(model, name, HEAD_FACTORIES[name](model))
+
+
+class HeadMethods:
+    """The passes through the pretraining heads, for a model that has them (:class:`XFM`, task
+    models; each method needs only the heads it names). Shapes: ITC features ``[B, E]``."""
 
     def itc_features(
         self, vision_states: torch.Tensor, text_states: torch.Tensor
@@ -175,6 +271,27 @@ class XFM(nn.Module):
         """Image-conditioned MLM logits ``[B, M, V]`` at ``positions`` ``[B, M]``."""
         return self.fusion_mlm_head(self._gather(fusion_states, positions))
 
+
+class XFM(HeadMethods, XFMEncoders):
+    """The X-FM pretraining model: :class:`XFMEncoders` plus every pretraining head
+    (:data:`PRETRAIN_HEADS`: text / fusion MLM, ITC projections and temperature, ITM, bbox).
+
+    Shapes: images ``[B, 3, H, W]``; token ids / masks ``[B, T]``; vision states
+    ``[B, 1+N, Dv]``; text and fusion states ``[B, T, Dt]``; ITC features ``[B, E]``.
+    """
+
+    def __init__(self, config: XFMConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        build_heads(self, PRETRAIN_HEADS)
+        self._mim_teacher: list[nn.Module] = []  # a list keeps it out of parameters/state_dict
+        if not self.config.vision_guidance:
+            self.reset_mim_teacher()
+
+    def clamp_temp(self) -> None:
+        """Clamp the temperature in place into ``[min_temp, max_temp]`` (call before each step)."""
+        with torch.no_grad():
+            self.temp.clamp_(self.config.min_temp, self.config.max_temp)
+
     # ---------------------------------------------------------------------- MIM
     def reset_mim_teacher(self) -> None:
         """Snapshot the current vision encoder as the frozen MIM teacher (``vision_guidance`` off)."""
@@ -195,22 +312,14 @@ class XFM(nn.Module):
         with torch.no_grad():
             return teacher(image)
 
-    # ------------------------------------------------------------------- region
-    @staticmethod
-    def region_vision_states(
-        vision_states: torch.Tensor, image_index: torch.Tensor, region_mask: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-text region features ``[Bt, 1+N, Dv]`` (official ``region_vision_embeds``).
 
-        ``vision_states`` ``[Bi, 1+N, Dv]``; ``image_index`` ``[Bt]`` picks each text's image;
-        ``region_mask`` ``[Bt, 1+N]`` marks patches inside the region (column 0 always 1).
-        Position 0 becomes the mean of the patch states inside the region; positions ``1:`` are
-        the image's patch states (use ``region_mask`` as the cross-attention mask).
-        """
-        gathered = vision_states[image_index.long()]
-        w = region_mask[:, 1:].to(gathered.dtype).unsqueeze(-1)
-        pooled = (gathered[:, 1:] * w).sum(1) / w.sum(1).clamp_min(1.0)
-        return torch.cat([pooled.unsqueeze(1), gathered[:, 1:]], dim=1)
-
-
-__all__ = ["XFM", "XFMConfig"]
+__all__ = [
+    "HEAD_FACTORIES",
+    "PRETRAIN_HEADS",
+    "XFM",
+    "HeadMethods",
+    "XFMConfig",
+    "XFMEncoders",
+    "build_heads",
+    "create_encoders",
+]

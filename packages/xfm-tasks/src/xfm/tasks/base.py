@@ -13,8 +13,10 @@ A task is a small object built from its ``options`` (``FinetuneConfig.options``)
 :mod:`xfm.tasks.finetune` runs any task with the xfm-train optimizer, scheduler, metrics and
 checkpoints; :mod:`xfm.tasks.cli` exposes it as ``xfm finetune TASK`` / ``xfm eval TASK``.
 
-Task models are :class:`~xfm.fusion.XFM` subclasses that drop the heads the task does not own
-(so their state dicts hold exactly the task's parameters) and add their own heads.
+Task models (:class:`TaskModel`) are the X-FM encoders (:class:`~xfm.fusion.model.XFMEncoders`)
+plus only the pretraining heads the task owns (built by the same factories as
+:class:`~xfm.fusion.XFM`'s) and their own heads, so their state dicts hold exactly the task's
+parameters.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from pydantic import AfterValidator
 from torch import nn
 
-from xfm.fusion.model import XFM, XFMConfig
+from xfm.fusion.model import PRETRAIN_HEADS, HeadMethods, XFMConfig, XFMEncoders, build_heads
 from xfm.tasks.task_options import check_task_model, check_task_name, check_task_options
 from xfm.train.config import (
     NonNegativeInt,
@@ -40,6 +42,7 @@ from xfm.train.config import (
 
 __all__ = [
     "EVAL_TRANSFORMS",
+    "PRETRAIN_HEADS",
     "FinetuneConfig",
     "Task",
     "TaskData",
@@ -47,22 +50,13 @@ __all__ = [
     "TaskModel",
     "TrainSection",
     "collect_outputs",
+    "concat_outputs",
     "get_task",
     "move_to",
+    "run_batches",
     "xfm_config",
 ]
 
-
-#: Heads of the pretraining model, by attribute name (what a task model may drop).
-PRETRAIN_HEADS: tuple[str, ...] = (
-    "text_mlm_head",
-    "fusion_mlm_head",
-    "vision_proj",
-    "text_proj",
-    "temp",
-    "itm_head",
-    "bbox_head",
-)
 
 #: Evaluation-time image transform defaults (no augmentation), shared by the task datasets.
 EVAL_TRANSFORMS: dict[str, Any] = {"augment": False, "mim": False}
@@ -86,11 +80,14 @@ def xfm_config(spec: Mapping[str, Any] | XFMConfig) -> XFMConfig:
     return dataclasses.replace(cfg, stop_gradient=False)
 
 
-class TaskModel(XFM):
-    """An :class:`XFM` that keeps only the pretraining heads in ``keep_heads``.
+class TaskModel(HeadMethods, XFMEncoders):
+    """The X-FM encoders plus the pretraining heads named in ``keep_heads`` (nothing else is
+    built).
 
-    Subclasses set ``keep_heads`` and add their own heads in ``__init__``; their state dict then
-    holds exactly the parameters of the official task model (in xfm names).
+    Subclasses set ``keep_heads`` (names of :data:`~xfm.fusion.model.PRETRAIN_HEADS`) and add
+    their own heads in ``__init__``; their state dict then holds exactly the parameters of the
+    official task model (in xfm names). The heads are built in the pretraining order by
+    :func:`~xfm.fusion.model.build_heads`.
     """
 
     keep_heads: ClassVar[tuple[str, ...]] = ()
@@ -98,17 +95,10 @@ class TaskModel(XFM):
 
     def __init__(self, config: XFMConfig | Mapping[str, Any] | None = None) -> None:
         super().__init__(xfm_config(config or {}))
-        for name in PRETRAIN_HEADS:
-            if name not in self.keep_heads:
-                delattr(self, name)
+        build_heads(self, self.keep_heads)
 
     def clamp_temp(self) -> None:
         """Task forwards use the temperature unclamped (official); kept as a no-op."""
-
-    @property
-    def text_width(self) -> int:
-        """Width ``Dt`` of the language / fusion states."""
-        return int(self.text_encoder.width)
 
 
 @dataclass
@@ -151,9 +141,72 @@ def move_to(batch: Any, device: torch.device) -> Any:
 
 
 @torch.no_grad()
+def run_batches(
+    batches: Iterable[Any],
+    step: Callable[[Any], Mapping[str, Any]],
+    *,
+    device: torch.device,
+    autocast: Callable[[], Any] | None = None,
+    progress: bool = False,
+    desc: str = "eval",
+    unit: str = "batch",
+    total: int | None = None,
+    size: Callable[[Any], int] | None = None,
+) -> dict[str, list[Any]]:
+    """The evaluation loop of every task: ``step(batch)`` on each of ``batches``, in order.
+
+    Each batch is moved to ``device`` (:func:`move_to`); ``step`` runs without gradient under
+    the evaluation autocast (:func:`eval_autocast`) and returns named per-batch outputs
+    (tensors ``[b, ...]`` or lists of ``b`` items). A tqdm bar (``progress``) advances by
+    ``size(batch)`` (default 1) towards ``total`` (default ``len(batches)`` when known).
+
+    Returns:
+        output name -> the list of its per-batch values (see :func:`concat_outputs`).
+    """
+    from tqdm import tqdm
+
+    if total is None and size is None and hasattr(batches, "__len__"):
+        total = len(batches)  # type: ignore[arg-type]
+    parts: dict[str, list[Any]] = {}
+    with tqdm(total=total, desc=desc, unit=unit, disable=not progress) as bar:
+        for batch in batches:
+            batch = move_to(batch, device)
+            with eval_autocast(autocast, device):
+                values = step(batch)
+            for key, value in values.items():
+                parts.setdefault(key, []).append(value)
+            bar.update(size(batch) if size else 1)
+    return parts
+
+
+def concat_outputs(parts: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """Per-batch outputs of :func:`run_batches` joined over the batches: tensors concatenated
+    along dim 0, lists chained into one list."""
+    out: dict[str, Any] = {}
+    for key, values in parts.items():
+        if all(isinstance(v, torch.Tensor) for v in values):
+            out[key] = torch.cat(values)
+        else:
+            out[key] = [item for value in values for item in value]
+    return out
+
+
+def _gather_ranks(value: Any) -> Any:
+    """``value`` (a tensor ``[n, ...]`` or a list) of every rank, joined in rank order."""
+    from xfm.train.distributed import all_gather_no_grad, get_world_size, is_distributed
+
+    if isinstance(value, torch.Tensor):
+        return torch.cat(all_gather_no_grad(value))
+    if not is_distributed():
+        return value
+    gathered: list[Any] = [None] * get_world_size()
+    torch.distributed.all_gather_object(gathered, value)
+    return [item for part in gathered for item in part]
+
+
 def collect_outputs(
     data: TaskData,
-    step: Callable[[Any], Mapping[str, torch.Tensor]],
+    step: Callable[[Any], Mapping[str, Any]],
     *,
     batch_size: int,
     device: torch.device,
@@ -161,28 +214,20 @@ def collect_outputs(
     progress: bool = False,
     desc: str = "eval",
     shard: bool = False,
-) -> dict[str, torch.Tensor]:
-    """The evaluation loop of a task: ``step(batch)`` on every batch of ``data``, each output
-    concatenated over the batches (dim 0).
+) -> dict[str, Any]:
+    """:func:`run_batches` over ``data`` in batches of ``batch_size``, each output joined over
+    the batches (:func:`concat_outputs`: tensors along dim 0, lists chained).
 
-    Batches are moved to ``device``; ``step`` runs without gradient under the evaluation
-    autocast (:func:`eval_autocast`). ``shard``: under torchrun each rank reads its part of
-    the data (:meth:`TaskData.loader`) and the outputs of all ranks are gathered, in rank order.
+    ``shard``: under torchrun each rank reads its part of the data (:meth:`TaskData.loader`)
+    and the outputs of all ranks are gathered, in rank order.
     """
-    from tqdm import tqdm
-
-    parts: dict[str, list[torch.Tensor]] = {}
-    for batch in tqdm(data.loader(batch_size, shard=shard), desc=desc, disable=not progress):
-        batch = move_to(batch, device)
-        with eval_autocast(autocast, device):
-            values = step(batch)
-        for key, value in values.items():
-            parts.setdefault(key, []).append(value)
-    out = {key: torch.cat(values) for key, values in parts.items()}
+    loader = data.loader(batch_size, shard=shard)
+    parts = run_batches(
+        loader, step, device=device, autocast=autocast, progress=progress, desc=desc
+    )
+    out = concat_outputs(parts)
     if shard:
-        from xfm.train.distributed import all_gather_no_grad
-
-        out = {key: torch.cat(all_gather_no_grad(value)) for key, value in out.items()}
+        out = {key: _gather_ranks(value) for key, value in out.items()}
     return out
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from xfm.core.checkpoint import LoadReport, load_into
 from xfm.core.registry import create
-from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
+from xfm.tasks.base import Task, TaskData, TaskDataSection, collect_outputs
 from xfm.tasks.base_data import ImageReader, image_source, read_task_items, require, tokenize
 from xfm.tasks.captioning_metrics import caption_scores
 from xfm.tasks.decoder import (
@@ -213,18 +213,28 @@ class CaptioningTask(Task):
     ) -> dict[str, float]:
         if self.tokenizer is None:
             raise RuntimeError("captioning evaluation needs the tokenizer: call eval_data first")
-        device = device or next(model.parameters()).device
-        loader = data.loader(batch_size)
-        preds: dict[int, str] = {}
-        refs: dict[int, list[str]] = {}
-        for batch in loader:
-            with eval_autocast(autocast, device):
-                ids = model.generate(
-                    batch["image"].to(device), self.options["beam_size"], self.options["max_length"]
-                )
-            for i, seq, r in zip(batch["index"], ids.tolist(), batch["references"]):
-                preds[i] = self.tokenizer.decode(seq, skip_special_tokens=True).strip()
-                refs[i] = r
+        tokenizer = self.tokenizer
+
+        def step(batch: dict[str, Any]) -> dict[str, Any]:
+            ids = model.generate(
+                batch["image"], self.options["beam_size"], self.options["max_length"]
+            )
+            captions = [
+                tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids.tolist()
+            ]
+            return {"index": batch["index"], "caption": captions, "references": batch["references"]}
+
+        out = collect_outputs(
+            data,
+            step,
+            batch_size=batch_size,
+            device=device or next(model.parameters()).device,
+            autocast=autocast,
+            progress=progress,
+            desc="captioning eval",
+        )
+        preds: dict[int, str] = dict(zip(out["index"], out["caption"]))
+        refs: dict[int, list[str]] = dict(zip(out["index"], out["references"]))
         scores = caption_scores(preds, refs)
         keys = list(refs)
         blind = {k: refs[keys[(j + 1) % len(keys)]][0] for j, k in enumerate(keys)}

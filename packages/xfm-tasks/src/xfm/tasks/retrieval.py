@@ -20,7 +20,6 @@ each text over images, independently. :func:`retrieval_scores` reproduces those 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,10 +28,16 @@ from typing import Any, ClassVar
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from xfm.fusion.model import XFMConfig
-from xfm.tasks.base import Task, TaskData, TaskDataSection, TaskModel
+from xfm.tasks.base import (
+    Task,
+    TaskData,
+    TaskDataSection,
+    TaskModel,
+    concat_outputs,
+    run_batches,
+)
 from xfm.tasks.base_data import ImageReader, read_annotations, require, tokenize
 from xfm.tasks.metrics import retrieval_recall
 from xfm.train.data.batches import ImageTextBatch
@@ -93,47 +98,46 @@ class RetrievalModel(TaskModel):
 
 
 # ----------------------------------------------------------------------------- encoding
-@torch.no_grad()
 def encode_images(
     model: nn.Module,
     images: Any,
     device: torch.device,
-    autocast: Callable[[], Any],
+    autocast: Callable[[], Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Vision states ``[I, 1+N, Dv]`` and ITC features ``[I, E]`` (fp32) of image batches
-    ``[b, 3, H, W]`` (any iterable)."""
-    states, feats = [], []
-    for batch in images:
-        with autocast():
-            v = model.encode_image(batch.to(device, non_blocking=True))
-            f = nn.functional.normalize(model.vision_proj(v[:, 0]).float(), dim=-1)
-        states.append(v)
-        feats.append(f)
-    return torch.cat(states), torch.cat(feats)
+    ``[b, 3, H, W]`` (any iterable), through the task evaluation loop."""
+
+    def step(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        v = model.encode_image(batch)
+        return {
+            "states": v,
+            "feat": nn.functional.normalize(model.vision_proj(v[:, 0]).float(), dim=-1),
+        }
+
+    out = concat_outputs(run_batches(images, step, device=device, autocast=autocast))
+    return out["states"], out["feat"]
 
 
-@torch.no_grad()
 def encode_texts(
     model: nn.Module,
     texts: Any,
     device: torch.device,
-    autocast: Callable[[], Any],
+    autocast: Callable[[], Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Text states ``[T, L, Dt]`` (zero-padded to the longest batch), masks ``[T, L]`` and ITC
-    features ``[T, E]`` of ``(ids, mask)`` batches."""
-    states, masks, feats = [], [], []
-    for ids, mask in texts:
-        ids, mask = ids.to(device), mask.to(device)
-        with autocast():
-            s = model.encode_text(ids, mask)
-            f = nn.functional.normalize(model.text_proj(s[:, 0]).float(), dim=-1)
-        states.append(s)
-        masks.append(mask)
-        feats.append(f)
-    length = max(s.shape[1] for s in states)
-    states = [nn.functional.pad(s, (0, 0, 0, length - s.shape[1])) for s in states]
-    masks = [nn.functional.pad(m, (0, length - m.shape[1])) for m in masks]
-    return torch.cat(states), torch.cat(masks), torch.cat(feats)
+    features ``[T, E]`` of ``(ids, mask)`` batches, through the task evaluation loop."""
+
+    def step(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        ids, mask = batch
+        s = model.encode_text(ids, mask)
+        f = nn.functional.normalize(model.text_proj(s[:, 0]).float(), dim=-1)
+        return {"states": s, "mask": mask, "feat": f}
+
+    parts = run_batches(texts, step, device=device, autocast=autocast)
+    length = max(s.shape[1] for s in parts["states"])
+    states = [nn.functional.pad(s, (0, 0, 0, length - s.shape[1])) for s in parts["states"]]
+    masks = [nn.functional.pad(m, (0, length - m.shape[1])) for m in parts["mask"]]
+    return torch.cat(states), torch.cat(masks), torch.cat(parts["feat"])
 
 
 # ---------------------------------------------------------------------------- ranking
@@ -181,7 +185,30 @@ def _pair_batches(
             yield mine[b : b + batch_size], row
 
 
-@torch.no_grad()
+def _itm_batches(
+    pairs: torch.Tensor,
+    lengths: torch.Tensor,
+    batch_size: int,
+    kv_chunk: int,
+    per_image: bool | None,
+) -> Any:
+    """The re-ranking batches of :func:`itm_scores`: ``{"start": first image of the chunk,
+    "chunk": image rows whose K/V are held, "idx": pair indices, "single": local image row or
+    None}``, chunk by chunk."""
+    images, counts = torch.unique_consecutive(pairs[:, 0], return_counts=True)
+    if per_image is None:
+        per_image = pairs.shape[0] >= 32 * len(images)
+    ends = counts.cumsum(0).tolist()
+    for c in range(0, len(images), kv_chunk):
+        chunk = images[c : c + kv_chunk]
+        lo = ends[c - 1] if c else 0
+        hi = ends[min(c + kv_chunk, len(images)) - 1]
+        sel = torch.arange(lo, hi, device=pairs.device)
+        sel = sel[torch.sort(lengths[pairs[sel, 1]], stable=True).indices]
+        for idx, single in _pair_batches(pairs, sel, chunk, batch_size, per_image):
+            yield {"start": c, "chunk": chunk, "idx": idx, "single": single}
+
+
 def itm_scores(
     model: nn.Module,
     image_states: torch.Tensor,
@@ -202,44 +229,50 @@ def itm_scores(
     of their images (memory: ``kv_chunk`` images' K/V plus one batch's). With ``per_image``
     (default: when images have at least 32 candidates on average) each batch
     holds the candidates of one image and reads its K/V as a broadcast view (no copy).
+    The batches run through the task evaluation loop (:func:`~xfm.tasks.base.run_batches`).
     """
-    autocast = autocast or contextlib.nullcontext
-    out = torch.empty(pairs.shape[0], dtype=torch.float32, device=image_states.device)
+    device = image_states.device
+    pairs = pairs.to(device)
+    out = torch.empty(pairs.shape[0], dtype=torch.float32, device=device)
     if pairs.numel() == 0:
         return out
     lengths = text_mask.sum(1)
-    images, counts = torch.unique_consecutive(pairs[:, 0], return_counts=True)
-    if per_image is None:
-        per_image = pairs.shape[0] >= 32 * len(images)
-    ends = counts.cumsum(0).tolist()
-    bar = tqdm(total=pairs.shape[0], desc="ITM re-ranking", unit="pair", disable=not progress)
-    for c in range(0, len(images), kv_chunk):
-        chunk = images[c : c + kv_chunk]
-        lo = ends[c - 1] if c else 0
-        hi = ends[min(c + kv_chunk, len(images)) - 1]
-        sel = torch.arange(lo, hi, device=pairs.device)
-        sel = sel[torch.sort(lengths[pairs[sel, 1]], stable=True).indices]
-        with autocast():
-            kv = model.fusion_image_kv(image_states[chunk])
-        for idx, single in _pair_batches(pairs, sel, chunk, batch_size, per_image):
-            texts = pairs[idx, 1]
-            length = int(lengths[texts].max())
-            with autocast():
-                if single is not None:
-                    shape = (len(idx), -1, -1, -1)
-                    kv_b = [
-                        (k[single : single + 1].expand(shape), v[single : single + 1].expand(shape))
-                        for k, v in kv
-                    ]
-                else:
-                    rows = torch.searchsorted(chunk, pairs[idx, 0])
-                    kv_b = [(k[rows], v[rows]) for k, v in kv]
-                fused = model.fuse(
-                    text_states[texts, :length], text_mask[texts, :length], image_kv=kv_b
-                )
-                out[idx] = model.itm_logits(fused)[:, 1].float()
-            bar.update(len(idx))
-    bar.close()
+    held: dict[str, Any] = {}  # the K/V of the current chunk of images
+
+    def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        chunk, idx, single = batch["chunk"], batch["idx"], batch["single"]
+        if held.get("start") != batch["start"]:
+            held.clear()
+            held["kv"] = model.fusion_image_kv(image_states[chunk])
+            held["start"] = batch["start"]
+        kv = held["kv"]
+        texts = pairs[idx, 1]
+        length = int(lengths[texts].max())
+        if single is not None:
+            shape = (len(idx), -1, -1, -1)
+            kv_b = [
+                (k[single : single + 1].expand(shape), v[single : single + 1].expand(shape))
+                for k, v in kv
+            ]
+        else:
+            rows = torch.searchsorted(chunk, pairs[idx, 0])
+            kv_b = [(k[rows], v[rows]) for k, v in kv]
+        fused = model.fuse(text_states[texts, :length], text_mask[texts, :length], image_kv=kv_b)
+        return {"idx": idx, "score": model.itm_logits(fused)[:, 1].float()}
+
+    parts = run_batches(
+        _itm_batches(pairs, lengths, batch_size, kv_chunk, per_image),
+        step,
+        device=device,
+        autocast=autocast,
+        progress=progress,
+        desc="ITM re-ranking",
+        unit="pair",
+        total=pairs.shape[0],
+        size=lambda batch: len(batch["idx"]),
+    )
+    held.clear()
+    out[torch.cat(parts["idx"])] = torch.cat(parts["score"])
     return out
 
 
@@ -272,7 +305,6 @@ def retrieval_scores(
         ``score_t2i`` ``[T, I]`` (fp32, -100.0 outside the candidates).
     """
     device = device or next(model.parameters()).device
-    autocast = autocast or contextlib.nullcontext
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     image_states, image_feat = encode_images(model, image_batches, device, autocast)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from xfm.tasks.base import Task, TaskData, TaskDataSection, eval_autocast
+from xfm.tasks.base import Task, TaskData, TaskDataSection, collect_outputs
 from xfm.tasks.base_data import ImageReader, image_source, read_task_items, require, tokenize
 from xfm.tasks.decoder import DecoderConfig
 from xfm.tasks.vqa_metrics import normalize_answer, soft_targets, vqa_accuracy, write_results
@@ -192,7 +192,6 @@ class VQATask(Task):
         )
         return {"loss": loss, "answer_nll": loss}
 
-    @torch.no_grad()
     def predict(
         self,
         model: VQAModel,
@@ -200,29 +199,36 @@ class VQATask(Task):
         batch_size: int = 64,
         device: torch.device | None = None,
         autocast: Callable[[], Any] | None = None,
+        progress: bool = False,
     ) -> list[tuple[Any, str, str, list[str]]]:
-        """``[(question_id, question, predicted answer, human answers)]`` for ``data``."""
+        """``[(question_id, question, predicted answer, human answers)]`` for ``data``, through
+        the task evaluation loop (:func:`~xfm.tasks.base.collect_outputs`)."""
         device = device or next(model.parameters()).device
         a_ids, a_mask = (t.to(device) for t in data.answer_tokens)  # type: ignore[attr-defined]
         answer_list: list[str] = data.answer_list  # type: ignore[attr-defined]
-        loader = data.loader(batch_size)
-        out = []
-        for batch in loader:
-            with eval_autocast(autocast, device):
-                states = model.question_states(
-                    batch["image"].to(device),
-                    batch["question_ids"].to(device),
-                    batch["question_mask"].to(device),
-                )
-                rank = model.rank_answers(states.float(), a_ids, a_mask, self.options["k_test"])
-            for qid, q, idx, gts in zip(
-                batch["question_id"],
-                batch["question"],
-                rank.answer_index.tolist(),
-                batch["answers"],
-            ):
-                out.append((qid, q, answer_list[idx], gts))
-        return out
+
+        def step(batch: dict[str, Any]) -> dict[str, Any]:
+            states = model.question_states(
+                batch["image"], batch["question_ids"], batch["question_mask"]
+            )
+            rank = model.rank_answers(states.float(), a_ids, a_mask, self.options["k_test"])
+            return {
+                "question_id": batch["question_id"],
+                "question": batch["question"],
+                "answer": [answer_list[i] for i in rank.answer_index.tolist()],
+                "answers": batch["answers"],
+            }
+
+        out = collect_outputs(
+            data,
+            step,
+            batch_size=batch_size,
+            device=device,
+            autocast=autocast,
+            progress=progress,
+            desc="VQA eval",
+        )
+        return list(zip(out["question_id"], out["question"], out["answer"], out["answers"]))
 
     def evaluate(
         self,
@@ -234,7 +240,7 @@ class VQATask(Task):
         autocast: Callable[[], Any] | None = None,
         progress: bool = False,
     ) -> dict[str, float]:
-        rows = self.predict(model, data, batch_size, device, autocast)
+        rows = self.predict(model, data, batch_size, device, autocast, progress)
         if self.options["result_file"]:
             write_results([(q, a) for q, _, a, _ in rows], self.options["result_file"])
         scored = {q: gts for q, _, _, gts in rows if gts}

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from xfm.core.checkpoint import LoadReport, load_into
-from xfm.core.registry import create
+from xfm.fusion.model import XFMConfig, create_encoders
 from xfm.tasks.decoder import (
     AnswerDecoder,
     DecoderConfig,
@@ -35,12 +35,6 @@ from xfm.tasks.decoder import (
 )
 
 __all__ = ["RankResult", "VQAConfig", "VQAModel"]
-
-
-def _spec(spec: Mapping[str, Any], kind: str) -> tuple[str, dict[str, Any]]:
-    if "name" not in spec:
-        raise ValueError(f"the {kind} spec needs a registry 'name'; got keys {sorted(spec)}")
-    return spec["name"], {k: v for k, v in spec.items() if k != "name"}
 
 
 @dataclass
@@ -75,7 +69,8 @@ class RankResult:
 
 
 class VQAModel(nn.Module):
-    """Vision, language and fusion encoders plus :class:`AnswerDecoder` ``text_decoder``.
+    """Vision, language and fusion encoders (built as the X-FM ones:
+    :func:`~xfm.fusion.model.create_encoders`) plus :class:`AnswerDecoder` ``text_decoder``.
 
     Shapes: images ``[B, 3, H, W]``; questions ``[B, Tq]``; answers ``[N, La]``
     (``<s> tokens </s> <pad>..``); question states ``[B, Tq, Dt]``.
@@ -85,15 +80,9 @@ class VQAModel(nn.Module):
         super().__init__()
         config = dataclasses.replace(config or VQAConfig(), **overrides)
         self.config = config
-        name, opts = _spec(config.vision, "vision")
-        self.vision_encoder = create("vision_encoder", name, **opts)
-        name, opts = _spec(config.text, "text")
-        self.text_encoder = create("text_encoder", name, **opts)
-        dt, dv = self.text_encoder.width, self.vision_encoder.width
-        name, opts = _spec(config.fusion, "fusion")
-        opts.setdefault("width", dt)
-        opts.setdefault("vision_width", dv)
-        self.fusion_encoder = create("fusion_encoder", name, **opts)
+        encoders = XFMConfig(text=config.text, vision=config.vision, fusion=config.fusion)
+        self.vision_encoder, self.text_encoder, self.fusion_encoder = create_encoders(encoders)
+        dt = self.text_encoder.width
         tcfg = self.text_encoder.config
         dec = {
             "vocab_size": tcfg.vocab_size,
