@@ -18,8 +18,6 @@ from xfm.core.checkpoint import LoadReport
 from xfm.core.config import to_dict
 from xfm.fusion.model import XFM
 from xfm.fusion.official import (
-    check_official_family,
-    load_official_state,
     to_official,
     xfm_config_from_golden,
 )
@@ -116,13 +114,9 @@ class PretrainLayout(XFMTaskLayout):
         source: str = "<official state dict>",
         golden: Mapping[str, Any] | None = None,
     ) -> LoadReport:
-        check_official_family(state.keys(), source)
-        if strict:  # (a fine-tuning init may take the encoders of another task)
-            self.check_family(state, source)
-        report = load_official_state(model, state, strict=strict, source=source)
+        report = super().import_state(model, state, strict=strict, source=source, golden=golden)
         if not model.config.vision_guidance:
             model.reset_mim_teacher()  # the frozen MIM teacher = the imported vision encoder
-        model.official_config = dict(golden or {})
         return report
 
     def export_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
