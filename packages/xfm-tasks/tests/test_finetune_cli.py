@@ -257,6 +257,9 @@ def test_sharded_retrieval_equals_single_process(tmp_path: Path) -> None:
         timeout=300,
     )
     dist = torch.load(tmp_path / "out.pt", weights_only=True)
+    # the same candidates; the ITM scores agree to float rounding (each rank's re-ranking
+    # batches hold other pairs than the single process's, so the GEMMs sum in another order)
     for name in ("sims_i2t", "score_i2t", "score_t2i"):
-        assert torch.allclose(dist[name], single[name], atol=1e-6), name
+        diff = (dist[name] - single[name]).abs().max().item()
+        assert diff <= 1e-5, f"{name}: max |diff| {diff:.3g}"
     assert torch.equal(dist["score_i2t"] == -100.0, single["score_i2t"] == -100.0)
