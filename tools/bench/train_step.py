@@ -38,6 +38,10 @@ instead of a number, unless ``--force-bf16``.
     python tools/bench/train_step.py --json --steps image_text --repeats 3
     python tools/bench/train_step.py --steps image_text --precisions fp32 --no-official
     python tools/bench/train_step.py --device cuda --config base --batch 128 --precisions bf16
+    python tools/bench/train_step.py --steps image_text --malloc keep   # glibc keeps freed blocks
+
+``--malloc keep`` calls :func:`xfm.core.cpu_memory.keep_freed_memory` in the xfm worker (a
+process-wide glibc setting; compare it only with what the trainer itself does).
 
 Run it on an otherwise idle machine: on a shared 2-core machine the numbers mean nothing.
 """
@@ -192,12 +196,16 @@ def gemm_rate(dtype, device, m: int, k: int, n: int, seconds: float = 1.0) -> fl
             return count * flop / elapsed / 1e9
 
 
-def worker(args: argparse.Namespace) -> dict:
-    """Measure one (step, precision) of xfm in this process; return the result row."""
+def build_step(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the model, loss, optimizer and batches of one (step, precision) in this process.
+
+    Returns a dict with ``step`` (one optimizer step), ``forward_backward`` (forward and
+    backward only), ``pairs`` (pairs per step), ``model`` and ``device``. Also used by
+    ``profile_step.py``.
+    """
     import contextlib
 
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from xfm.core.attention import set_default_backend
     from xfm.fusion.model import XFM, XFMConfig
@@ -206,16 +214,12 @@ def worker(args: argparse.Namespace) -> dict:
     from xfm.train.optim import build_optimizer
 
     torch.set_num_threads(args.threads)
+    if getattr(args, "malloc", "default") == "keep":
+        from xfm.core.cpu_memory import keep_freed_memory
+
+        keep_freed_memory()
     device = torch.device(args.device)
     config = CONFIGS[args.config]
-    width = config["vision"]["width"]
-    gemm_shape = (args.batch * 197, width, 4 * width)
-    measured: dict[str, float] = {}
-    if not args.flops_only:
-        measured["gemm_fp32_gflops"] = gemm_rate(torch.float32, device, *gemm_shape)
-        if args.precision != "fp32":
-            low = torch.bfloat16 if args.precision == "bf16" else torch.float16
-            measured[f"gemm_{args.precision}_gflops"] = gemm_rate(low, device, *gemm_shape)
     if args.backend:
         set_default_backend(args.backend)
     torch.manual_seed(0)
@@ -273,6 +277,33 @@ def worker(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    return {
+        "step": step,
+        "forward_backward": forward_backward,
+        "pairs": pairs,
+        "model": model,
+        "device": device,
+    }
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """Measure one (step, precision) of xfm in this process; return the result row."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    width = CONFIGS[args.config]["vision"]["width"]
+    gemm_shape = (args.batch * 197, width, 4 * width)
+    measured: dict[str, float] = {}
+    if not args.flops_only:
+        measured["gemm_fp32_gflops"] = gemm_rate(torch.float32, device, *gemm_shape)
+        if args.precision != "fp32":
+            low = torch.bfloat16 if args.precision == "bf16" else torch.float16
+            measured[f"gemm_{args.precision}_gflops"] = gemm_rate(low, device, *gemm_shape)
+    built = build_step(args)
+    step, forward_backward, pairs = built["step"], built["forward_backward"], built["pairs"]
+
     if args.flops_only:  # counted in its own process: the counter's tensors raise the peak RSS
         with FlopCounterMode(display=False) as counter:
             forward_backward()
@@ -298,6 +329,7 @@ def worker(args: argparse.Namespace) -> dict:
         "pairs_per_s": pairs / median,
         "step_s": median,
         "step_times_s": times,
+        "malloc": args.malloc,
         "self_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch": torch.__version__,
         **measured,
@@ -390,6 +422,8 @@ def xfm_command(args: argparse.Namespace, step: str, precision: str) -> list[str
     ]
     if args.backend:
         cmd += ["--backend", args.backend]
+    if args.malloc != "default":
+        cmd += ["--malloc", args.malloc]
     if args.no_staged:
         cmd.append("--no-staged")
     return cmd
@@ -570,6 +604,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--force-bf16", action="store_true", help="run bf16 on a CPU without bf16 units anyway"
     )
     p.add_argument("--no-staged", action="store_true", help="one backward of the summed loss")
+    p.add_argument(
+        "--malloc",
+        default="default",
+        choices=["default", "keep"],
+        help="keep: xfm.core.cpu_memory.keep_freed_memory() in the xfm worker (glibc reuses "
+        "freed blocks instead of faulting fresh pages every step)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--step", default="image_text", help=argparse.SUPPRESS)

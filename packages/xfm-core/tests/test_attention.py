@@ -252,8 +252,8 @@ def test_lean_path_keeps_less_for_backward_than_sdpa_math():
         lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
     )
     probs = 4 * 6 * 30 * 197
-    # lean: probabilities (fp32) + output (fp32) + keep-mask (bool)
-    assert lean == probs * 4 + q.numel() * 4 + probs
+    # lean: probabilities (fp32) + dropout mask (bool); contiguous q, k, v are kept as given
+    assert lean == probs * 4 + probs
     assert math_kernel > 2 * lean
 
 
@@ -273,3 +273,41 @@ def test_cpu_training_kernel_choice(bias_grad, dropout_p, kernel):
     for backend in ("sdpa", "auto"):
         out = attention(q, k, v, bias=bias, dropout_p=dropout_p, backend=backend)
         assert out.grad_fn.name() == kernel
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_lean_attention_reads_strided_heads_and_a_shared_bias(dropout_p):
+    """q/k/v as the fused-qkv layout gives them (strided views of one ``[B, T, 3, H, Dh]``
+    tensor) with a learned ``[H, T, T]`` bias: forward and every gradient equal float64
+    autograd, and the ``[B, H, T, T]`` scores are never copied or cast."""
+    from torch.profiler import profile
+
+    from xfm.core.lean_attention import dropout_keep_mask, lean_attention
+
+    g = torch.Generator().manual_seed(0)
+    b, t, h, dh = 3, 7, 2, 4
+    qkv = torch.randn(b, t, 3, h, dh, generator=g, requires_grad=True)
+    bias = torch.randn(h, t, t, generator=g, requires_grad=True)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    torch.manual_seed(5)
+    with profile(record_shapes=True) as prof:
+        out = lean_attention(q, k, v, bias, 0.3, dropout_p)
+    scores = [b, h, t, t]
+    events = prof.key_averages(group_by_input_shape=True)
+    casts = [e for e in events if e.key == "aten::_to_copy" and e.input_shapes[0][-1:] == [t]]
+    copies = [e.count for e in events if e.key == "aten::copy_" and e.input_shapes[0] == scores]
+    assert not casts
+    assert copies == [1]  # the bias written into the score buffer, once
+    torch.manual_seed(5)
+    keep = dropout_keep_mask(torch.Size(scores), dropout_p, q.device) if dropout_p else None
+    qd, kd, vd = (x.double() for x in (q, k, v))
+    probs = ((qd @ kd.transpose(-1, -2)) * 0.3 + bias.double()).softmax(-1)
+    if keep is not None:
+        probs = probs * keep / (1 - dropout_p)
+    ref = probs @ vd
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=1e-6)
+    upstream = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, [qkv, bias], upstream)
+    ref_grads = torch.autograd.grad(ref, [qkv, bias], upstream.double())
+    for got, want in zip(grads, ref_grads, strict=True):  # (both fp32: the leaves' dtype)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -164,3 +164,82 @@ def test_mlp_training_path_equals_plain_composition_and_keeps_less(bias):
     assert kept.count(3 * 5 * 32) == 1  # fc1's output only (not also gelu's output)
     with torch.no_grad():  # eval / no-grad take the plain path: same numbers
         torch.testing.assert_close(mlp(x), out.detach())
+
+
+@pytest.mark.parametrize("gamma", [True, False])
+@pytest.mark.parametrize("drop", [0.0, 0.3])
+def test_residual_add_equals_written_out_update(gamma, drop):
+    """``residual_add`` = ``x + drop_path(gamma * branch)`` written out in float64 with the
+    same per-sample mask (same seed), in value and in every gradient."""
+    from xfm.core.layers.drop_path import drop_path
+    from xfm.core.layers.residual import residual_add
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, 8, generator=g, requires_grad=True)
+    branch = torch.randn(6, 5, 8, generator=g, requires_grad=True)
+    scale = (torch.rand(8, generator=g) + 0.5).requires_grad_(gamma)
+    gam = scale if gamma else None
+    torch.manual_seed(3)
+    out = residual_add(x, branch, gam, drop, training=True)
+    torch.manual_seed(3)
+    b64 = branch.double() if gam is None else gam.double() * branch.double()
+    ref = x.double() + drop_path(b64, drop, training=True)
+    if drop:
+        dropped = (ref - x.double()).abs().sum((1, 2)) == 0
+        assert 0 < int(dropped.sum()) < 6  # the mask really drops some samples, not all
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=1e-6)
+    inputs = [x, branch] + ([scale] if gamma else [])
+    upstream = torch.randn(out.shape, generator=g)
+    for got, want in zip(
+        torch.autograd.grad(out, inputs, upstream),
+        torch.autograd.grad(ref, inputs, upstream.double()),
+        strict=True,
+    ):
+        torch.testing.assert_close(got.double(), want.double(), atol=1e-5, rtol=1e-5)
+
+
+def test_residual_add_keeps_a_bf16_branch_and_returns_its_gradient_in_bf16():
+    """Under bf16 autocast the branch stays bf16 (kept for backward as such), the result is
+    the fp32 residual stream, and the branch gradient comes back as bf16."""
+    from xfm.core.layers.residual import residual_add
+
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    branch = torch.randn(2, 3, 4).bfloat16().requires_grad_()
+    gamma = torch.full((4,), 0.1, requires_grad=True)
+    out = residual_add(x, branch, gamma)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, x + gamma * branch.float())
+    out.sum().backward()
+    assert branch.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(branch.grad.float(), torch.full((2, 3, 4), 0.1), atol=1e-3, rtol=0)
+    torch.testing.assert_close(gamma.grad, branch.float().sum((0, 1)).detach())
+
+
+def test_attention_casts_its_input_once_under_autocast():
+    """Under bf16 autocast, self-attention casts ``x`` once for its three projections (autocast
+    alone casts it per projection): same output as without the explicit cast."""
+    from torch.profiler import profile
+
+    from xfm.core.layers import mha
+
+    torch.manual_seed(0)
+    m = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 5, 16)
+
+    def casts_of_x(fn) -> int:
+        with profile(record_shapes=True) as prof, torch.autocast("cpu", torch.bfloat16):
+            out = fn()
+        events = prof.key_averages(group_by_input_shape=True)
+        return out, sum(
+            e.count for e in events if e.key == "aten::_to_copy" and e.input_shapes[0] == [2, 5, 16]
+        )
+
+    out, once = casts_of_x(lambda: m(x))
+    original = mha.autocast_input
+    mha.autocast_input = lambda t: t
+    try:
+        ref, per_projection = casts_of_x(lambda: m(x))
+    finally:
+        mha.autocast_input = original
+    assert (once, per_projection) == (1, 3)
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)

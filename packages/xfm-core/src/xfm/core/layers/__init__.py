@@ -5,6 +5,7 @@ from xfm.core.layers.drop_path import DropPath, drop_path
 from xfm.core.layers.heads import MLMHead, MLPHead
 from xfm.core.layers.mha import MultiHeadAttention
 from xfm.core.layers.mlp import Mlp, get_activation
+from xfm.core.layers.residual import residual_add
 from xfm.core.layers.vit_block import FusedQKVAttention, PreLNBlock
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "PreLNBlock",
     "drop_path",
     "get_activation",
+    "residual_add",
 ]

@@ -8,6 +8,18 @@ from torch import nn
 from xfm.core.attention import Backend, attention
 
 
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` cast once to the autocast dtype when autocast is on for its device (else ``x``).
+
+    Autocast casts the fp32 input of every ``Linear`` separately (and casts each gradient back):
+    for ``x`` feeding several projections, one explicit cast is the same numbers with one cast.
+    """
+    device = x.device.type
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(device):
+        return x.to(torch.get_autocast_dtype(device))
+    return x
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention on :func:`xfm.core.attention.attention`.
 
@@ -46,14 +58,18 @@ class MultiHeadAttention(nn.Module):
     def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values ``[B, H, Tk, Dh]`` for ``context`` ``[B, Tk, D_kv]``.
 
-        Computing them once lets a caller reuse one image's keys/values for several text passes.
+        Computing them once lets a caller reuse one image's keys/values for several text passes;
+        they are made contiguous here, once, so that neither the attention kernels of every
+        reuse nor rows picked from them (hard negatives) copy them again.
         """
         if context.shape[-1] != self.kv_dim:
             raise ValueError(
                 f"attention context width must be {self.kv_dim}; got {context.shape[-1]} "
                 f"(context shape {tuple(context.shape)})"
             )
-        return self._heads(self.key(context)), self._heads(self.value(context))
+        context = autocast_input(context)
+        k = self._heads(self.key(context)).contiguous()
+        return k, self._heads(self.value(context)).contiguous()
 
     def forward(
         self,
@@ -69,6 +85,7 @@ class MultiHeadAttention(nn.Module):
         ``key_mask`` ``[B, Tk]`` (True = attend), ``bias`` additive ``[.., H, Tq, Tk]``, ``kv`` the
         precomputed result of :meth:`project_kv` (then ``context`` is ignored).
         """
+        x = autocast_input(x)
         q = self._heads(self.query(x))
         k, v = kv if kv is not None else self.project_kv(x if context is None else context)
         out = attention(

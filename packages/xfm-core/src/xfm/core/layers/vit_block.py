@@ -10,6 +10,7 @@ from torch import nn
 from xfm.core.attention import Backend, attention
 from xfm.core.layers.drop_path import DropPath
 from xfm.core.layers.mlp import Mlp
+from xfm.core.layers.residual import residual_add
 
 QKVBias = Literal["qkv", "qv", "none"]
 
@@ -116,7 +117,7 @@ class PreLNBlock(nn.Module):
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``x`` ``[B, N, D]`` -> ``[B, N, D]``; ``attn_bias`` e.g. a relative position bias."""
+        p, training = self.drop_path.p, self.training
         h = self.attn(self.norm1(x), bias=attn_bias, key_mask=key_mask)
-        x = x + self.drop_path(h if self.gamma_1 is None else self.gamma_1 * h)
-        h = self.mlp(self.norm2(x))
-        return x + self.drop_path(h if self.gamma_2 is None else self.gamma_2 * h)
+        x = residual_add(x, h, self.gamma_1, p, training)
+        return residual_add(x, self.mlp(self.norm2(x)), self.gamma_2, p, training)
