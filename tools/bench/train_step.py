@@ -38,10 +38,12 @@ instead of a number, unless ``--force-bf16``.
     python tools/bench/train_step.py --json --steps image_text --repeats 3
     python tools/bench/train_step.py --steps image_text --precisions fp32 --no-official
     python tools/bench/train_step.py --device cuda --config base --batch 128 --precisions bf16
-    python tools/bench/train_step.py --steps image_text --malloc keep   # glibc keeps freed blocks
+    python tools/bench/train_step.py --steps image_text --malloc default   # glibc's default
 
-``--malloc keep`` calls :func:`xfm.core.cpu_memory.keep_freed_memory` in the xfm worker (a
-process-wide glibc setting; compare it only with what the trainer itself does).
+``--malloc keep`` (the default, as the trainer: ``Engine.start`` on CPU) calls
+:func:`xfm.core.cpu_memory.keep_freed_memory` in the xfm worker (a process-wide glibc setting);
+``--malloc default`` leaves glibc as it is. The official rows always run with glibc's default,
+as the official training does.
 
 Run it on an otherwise idle machine: on a shared 2-core machine the numbers mean nothing.
 """
@@ -422,8 +424,7 @@ def xfm_command(args: argparse.Namespace, step: str, precision: str) -> list[str
     ]
     if args.backend:
         cmd += ["--backend", args.backend]
-    if args.malloc != "default":
-        cmd += ["--malloc", args.malloc]
+    cmd += ["--malloc", args.malloc]
     if args.no_staged:
         cmd.append("--no-staged")
     return cmd
@@ -606,7 +607,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-staged", action="store_true", help="one backward of the summed loss")
     p.add_argument(
         "--malloc",
-        default="default",
+        default="keep",
         choices=["default", "keep"],
         help="keep: xfm.core.cpu_memory.keep_freed_memory() in the xfm worker (glibc reuses "
         "freed blocks instead of faulting fresh pages every step)",

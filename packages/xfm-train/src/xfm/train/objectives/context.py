@@ -257,7 +257,8 @@ class BatchContext:
         text, mask = self.text(), self.text_mask
         kv = self.pair_kv()
         img_mask = self.pair_vision_mask()
-        neg_kv = [(k[neg_image], v[neg_image]) for k, v in kv]
+        # index_select: its backward is index_add, much cheaper than advanced indexing's
+        neg_kv = [(k.index_select(0, neg_image), v.index_select(0, neg_image)) for k, v in kv]
         neg_mask = None if img_mask is None else img_mask[neg_image]
         fuse = self.model.fuse
         fused = torch.cat(
