@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from xfm.core.checkpoint import LoadReport
-from xfm.core.config import to_dict
 from xfm.fusion.model import XFM
 from xfm.fusion.official import (
     to_official,
@@ -101,9 +100,6 @@ class PretrainLayout(XFMTaskLayout):
         if name != "xfm":
             raise ValueError(f"the model is {name!r}, not an X-FM: it has no official layout")
         return XFM(**{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in options.items()})
-
-    def model_config(self, model: nn.Module) -> dict[str, Any]:
-        return to_dict(model.config)
 
     def import_state(
         self,
