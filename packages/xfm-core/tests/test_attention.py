@@ -196,7 +196,7 @@ def test_cuda_backends_match_eager(backend, case):
 def test_training_dropout_path_matches_float64_reference(case):
     """CPU training with attention dropout (the lean path): forward and every gradient equal a
     float64 reference that uses the same keep-mask."""
-    from xfm.core.lean_attention import dropout_keep_mask
+    from xfm.core.lean_attention import dropout_mask
 
     q, k, v, mask, bias = _inputs(tk=11 if case == "cross_pad" else 7)
     causal = case == "causal"
@@ -211,7 +211,7 @@ def test_training_dropout_path_matches_float64_reference(case):
     torch.manual_seed(7)
     out = attention(q, k, v, key_mask=mask, bias=bias, causal=causal, dropout_p=p, backend="sdpa")
     torch.manual_seed(7)
-    keep = dropout_keep_mask(torch.Size((*q.shape[:3], k.shape[2])), p, q.device)
+    keep = ~dropout_mask(torch.Size((*q.shape[:3], k.shape[2])), p, q.device)
     assert 0.5 < keep.float().mean() < 0.9
     ref = _naive(q, k, v, mask, bias, causal, keep, p)
     if mask is not None:
@@ -282,7 +282,7 @@ def test_lean_attention_reads_strided_heads_and_a_shared_bias(dropout_p):
     autograd, and the ``[B, H, T, T]`` scores are never copied or cast."""
     from torch.profiler import profile
 
-    from xfm.core.lean_attention import dropout_keep_mask, lean_attention
+    from xfm.core.lean_attention import dropout_mask, lean_attention
 
     g = torch.Generator().manual_seed(0)
     b, t, h, dh = 3, 7, 2, 4
@@ -299,7 +299,7 @@ def test_lean_attention_reads_strided_heads_and_a_shared_bias(dropout_p):
     assert not casts
     assert copies == [1]  # the bias written into the score buffer, once
     torch.manual_seed(5)
-    keep = dropout_keep_mask(torch.Size(scores), dropout_p, q.device) if dropout_p else None
+    keep = ~dropout_mask(torch.Size(scores), dropout_p, q.device) if dropout_p else None
     qd, kd, vd = (x.double() for x in (q, k, v))
     probs = ((qd @ kd.transpose(-1, -2)) * 0.3 + bias.double()).softmax(-1)
     if keep is not None:

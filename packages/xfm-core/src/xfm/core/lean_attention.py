@@ -21,28 +21,20 @@ kernels in the compute dtype (for bf16 they accumulate in fp32 internally, so no
 
 It is xfm's one path for attention with a bias that needs a gradient on CPU (BEiT's learned
 relative position bias included: xfm-vision calls :func:`xfm.core.attention.attention` like every
-encoder). Dropout masks are drawn as ``rand < p`` from the default generator
-(:func:`dropout_keep_mask` is its complement, ``rand >= p``); kept probabilities are scaled by
-``1 / (1 - p)``.
+encoder). Dropout masks are drawn with :func:`dropout_mask` (``rand < p`` from the default
+generator); kept probabilities are scaled by ``1 / (1 - p)``.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["dropout_keep_mask", "lean_attention"]
+__all__ = ["dropout_mask", "lean_attention"]
 
 
-def dropout_keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """Bool keep-mask of attention dropout: ``True`` with probability ``1 - p``.
-
-    The exact complement of the mask :func:`lean_attention` draws from the same generator state.
-    """
-    return torch.rand(shape, device=device) >= p
-
-
-def _drop_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """Bool mask of the dropped probabilities (``rand < p``; see :func:`dropout_keep_mask`)."""
+def dropout_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """Bool mask of the attention probabilities dropout zeroes: ``True`` with probability ``p``
+    (``rand < p`` from the default generator, as :func:`lean_attention` draws it)."""
     return torch.rand(shape, device=device) < p
 
 
@@ -80,7 +72,7 @@ class _LeanAttention(torch.autograd.Function):
         b, h, tq, _ = q.shape
         q3, k3, v3 = _merge_heads(q), _merge_heads(k), _merge_heads(v)
         probs = torch.softmax(_scores(q3, k3, bias, scale, h), dim=-1)
-        drop = _drop_mask(probs.shape, dropout_p, probs.device) if dropout_p > 0 else None
+        drop = dropout_mask(probs.shape, dropout_p, probs.device) if dropout_p > 0 else None
         out = torch.bmm(_dropped(probs, drop, dropout_p), v3)
         ctx.save_for_backward(q3, k3, v3, probs, drop)
         ctx.scale, ctx.dropout_p, ctx.heads = scale, dropout_p, h
