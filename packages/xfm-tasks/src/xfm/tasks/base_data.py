@@ -97,7 +97,7 @@ class ImageReader:
         else:
             data, size = read_image_file(self.path(rel))
         gen = torch.Generator().manual_seed(seed)
-        return self._proc._image_tensor(data, gen, self.augment), size
+        return self._proc.image_tensor(data, gen, self.augment), size
 
 
 def tokenize(

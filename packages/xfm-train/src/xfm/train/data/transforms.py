@@ -190,8 +190,6 @@ class SampleProcessor:
             return apply_seeded(self._transform(True), img, gen)
         return self._transform(False)(img)
 
-    _image_tensor = image_tensor  # (the name xfm-tasks' ImageReader calls)
-
     def mim_mask(self, seed: int) -> torch.Tensor:
         """``[N]`` bool BEiT block mask of the patch grid (all False when ``config.mim`` is off)."""
         return self._mim_mask(seed)
@@ -270,7 +268,7 @@ class ImageTextProcessor(_CaptionMixin):
         self.check_columns(raw)
         out: dict[str, Any] = {"index": sample_id, "key": raw["id"]}
         out.update(self._caption(raw["caption"], epoch, sample_id))
-        out["image"] = self._image_tensor(
+        out["image"] = self.image_tensor(
             raw["image"], self._gen(epoch, sample_id, "aug"), self.config.augment
         )
         out["image_mask"] = self._mim_mask(sample_seed(self.config.seed, epoch, sample_id, "mim"))
@@ -297,7 +295,7 @@ class RegionProcessor(_CaptionMixin):
             raise BadSampleError(f"box {box!r} lies outside the {width}x{height} image")
         out: dict[str, Any] = {"index": sample_id, "key": raw["id"]}
         out.update(self._caption(raw["caption"], epoch, sample_id))
-        image = self._image_tensor(raw["image"], self._gen(epoch, sample_id, "aug"), False)
+        image = self.image_tensor(raw["image"], self._gen(epoch, sample_id, "aug"), False)
         out["image"] = image
         out["image_mask"] = self._mim_mask(sample_seed(self.config.seed, epoch, sample_id, "mim"))
         out["box"] = torch.tensor([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0])
@@ -321,7 +319,7 @@ class ImageProcessor(SampleProcessor):
         return {
             "index": sample_id,
             "key": raw["id"],
-            "image": self._image_tensor(
+            "image": self.image_tensor(
                 raw["image"], self._gen(epoch, sample_id, "aug"), self.config.augment
             ),
             "image_mask": self._mim_mask(sample_seed(self.config.seed, epoch, sample_id, "mim")),
