@@ -201,14 +201,16 @@ class SourceDataset(StreamingDataset):
         the shard (and the shard marked as failed for the other workers)."""
         try:
             super().prepare_shard(shard_id, blocking)
-        except DataSourceError:
-            raise
         except Exception as exc:
-            # Streaming leaves the shard PREPARING in shared memory, and the other workers wait
-            # for it forever. Marking it LOCAL sends them to read it: they find the file absent
-            # and try to prepare it themselves (a retry), failing with this same error.
+            # Streaming leaves the shard PREPARING in shared memory, and the other workers (or
+            # the main thread, when a background download failed) wait for it forever. Marking
+            # it LOCAL sends them to read it: they find the file absent and try to prepare it
+            # themselves (a retry), failing with this same error. Done for every failure,
+            # DataSourceError included (it left waiters hanging now and then).
             with contextlib.suppress(Exception):
                 compat.mark_shard_local(self, shard_id)
+            if isinstance(exc, DataSourceError):
+                raise
             raise self._shard_error(shard_id, exc) from exc
 
     def _shard_error(self, shard_id: int, exc: BaseException) -> DataSourceError:
