@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from xfm.core.layers import PostLNLayer
+from xfm.fusion.packed import pair_vectors
 
 ImageKV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -69,6 +70,15 @@ class CrossAttentionFusionEncoder(nn.Module):
         """
         self._check_image(image_states)
         return [layer.cross_attn.project_kv(image_states) for layer in self.layers]
+
+    def pair_vectors(
+        self, text_states: torch.Tensor, text_mask: torch.Tensor, image_kv: ImageKV
+    ) -> torch.Tensor:
+        """Position-0 outputs ``[n, Dt]`` of ``n`` texts ``[n, T, Dt]`` with ONE image's
+        :meth:`image_kv` (``[1, H, 1+N, Dh]`` per layer), computed without padding (eval only;
+        see :func:`xfm.fusion.packed.pair_vectors`). Equal to ``forward(...)[:, 0]`` to float
+        rounding."""
+        return pair_vectors(self, text_states, text_mask, image_kv)
 
     def _check_image(self, image_states: torch.Tensor) -> None:
         if image_states.dim() != 3 or image_states.shape[-1] != self.vision_width:

@@ -145,6 +145,19 @@ class XFMEncoders(nn.Module):
             text_states = text_states.detach()
         return self.fusion_encoder(text_states, text_mask, image_states, image_mask, image_kv)
 
+    def pair_vectors(
+        self, text_states: torch.Tensor, text_mask: torch.Tensor, image_kv
+    ) -> torch.Tensor:
+        """Pair vectors ``[n, Dt]`` (fusion position 0) of ``n`` texts ``[n, T, Dt]`` with ONE
+        image's :meth:`fusion_image_kv` (batch size 1), for evaluation: the fusion encoder's
+        unpadded ``pair_vectors`` when it has one, else :meth:`fuse` with the K/V broadcast."""
+        fast = getattr(self.fusion_encoder, "pair_vectors", None)
+        if fast is not None and not self.fusion_encoder.training:
+            return fast(text_states, text_mask, image_kv)
+        shape = (text_states.shape[0], -1, -1, -1)
+        kv = [(k.expand(shape), v.expand(shape)) for k, v in image_kv]
+        return self.fuse(text_states, text_mask, image_kv=kv)[:, 0]
+
     # ------------------------------------------------------------------- region
     @staticmethod
     def region_vision_states(

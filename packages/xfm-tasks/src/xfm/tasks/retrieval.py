@@ -124,20 +124,45 @@ def encode_texts(
     device: torch.device,
     autocast: Callable[[], Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Text states ``[T, L, Dt]`` (zero-padded to the longest batch), masks ``[T, L]`` and ITC
-    features ``[T, E]`` of ``(ids, mask)`` batches, through the task evaluation loop."""
+    """Text states ``[T, L, Dt]`` (zero-padded to the longest text), masks ``[T, L]`` and ITC
+    features ``[T, E]`` of ``(ids, mask)`` batches (right-padded), through the task evaluation
+    loop, in the input order.
 
-    def step(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        ids, mask = batch
+    The texts are encoded sorted by length, in batches of the first input batch's size, each
+    trimmed to its longest text: the same outputs as the input batches (padding keys are
+    masked) without running the encoder on padding."""
+    given = [(ids.cpu(), mask.cpu()) for ids, mask in texts]
+    if not given:
+        raise ValueError("encode_texts: no text batches")
+    size = max(1, given[0][0].shape[0])
+    width = max(ids.shape[1] for ids, _ in given)
+    ids = torch.cat([nn.functional.pad(i, (0, width - i.shape[1])) for i, _ in given])
+    mask = torch.cat([nn.functional.pad(m, (0, width - m.shape[1])) for _, m in given])
+    lengths = (mask != 0).long().cumsum(1).argmax(1) + 1  # last real token + 1
+    order = torch.sort(lengths, stable=True).indices
+
+    def batches() -> Any:
+        for b in range(0, len(order), size):
+            rows = order[b : b + size]
+            n = int(lengths[rows].max())
+            yield rows, ids[rows, :n], mask[rows, :n]
+
+    out: dict[str, torch.Tensor] = {}
+    longest = int(lengths.max())
+
+    def step(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rows, ids, mask = batch
         s = model.encode_text(ids, mask)
         f = nn.functional.normalize(model.text_proj(s[:, 0]).float(), dim=-1)
-        return {"states": s, "mask": mask, "feat": f}
+        if not out:  # the outputs, in input order, filled batch by batch
+            out["states"] = s.new_zeros(len(order), longest, s.shape[-1])
+            out["feat"] = f.new_empty(len(order), f.shape[-1])
+        out["states"][rows, : s.shape[1]] = s
+        out["feat"][rows] = f
+        return {}
 
-    parts = run_batches(texts, step, device=device, autocast=autocast)
-    length = max(s.shape[1] for s in parts["states"])
-    states = [nn.functional.pad(s, (0, 0, 0, length - s.shape[1])) for s in parts["states"]]
-    masks = [nn.functional.pad(m, (0, length - m.shape[1])) for m in parts["mask"]]
-    return torch.cat(states), torch.cat(masks), torch.cat(parts["feat"])
+    run_batches(batches(), step, device=device, autocast=autocast)
+    return out["states"], mask[:, :longest].to(out["states"].device), out["feat"]
 
 
 # ---------------------------------------------------------------------------- ranking
@@ -228,7 +253,8 @@ def itm_scores(
     length in batches of ``batch_size``, each trimmed to its longest text, gathering the K/V rows
     of their images (memory: ``kv_chunk`` images' K/V plus one batch's). With ``per_image``
     (default: when images have at least 32 candidates on average) each batch
-    holds the candidates of one image and reads its K/V as a broadcast view (no copy).
+    holds the candidates of one image and runs through the model's ``pair_vectors`` (the fusion
+    encoder's unpadded path: :mod:`xfm.fusion.packed`) or reads its K/V as a broadcast view.
     The batches run through the task evaluation loop (:func:`~xfm.tasks.base.run_batches`).
     """
     device = image_states.device
@@ -248,6 +274,11 @@ def itm_scores(
         kv = held["kv"]
         texts = pairs[idx, 1]
         length = int(lengths[texts].max())
+        packed = getattr(model, "pair_vectors", None)
+        if single is not None and packed is not None:  # one image: packed, no padding
+            one = [(k[single : single + 1], v[single : single + 1]) for k, v in kv]
+            vectors = packed(text_states[texts, :length], text_mask[texts, :length], one)
+            return {"idx": idx, "score": model.itm_logits(vectors[:, None])[:, 1].float()}
         if single is not None:
             shape = (len(idx), -1, -1, -1)
             kv_b = [
