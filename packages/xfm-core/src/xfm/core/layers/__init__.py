@@ -7,6 +7,7 @@ from xfm.core.layers.mha import MultiHeadAttention
 from xfm.core.layers.mlp import Mlp, get_activation
 from xfm.core.layers.residual import residual_add
 from xfm.core.layers.vit_block import FusedQKVAttention, PreLNBlock
+from xfm.core.layers.vocab_loss import vocab_cross_entropy
 
 __all__ = [
     "DropPath",
@@ -20,4 +21,5 @@ __all__ = [
     "drop_path",
     "get_activation",
     "residual_add",
+    "vocab_cross_entropy",
 ]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from xfm.core.layers.mlp import get_activation
+from xfm.core.layers.vocab_loss import vocab_cross_entropy
 
 
 class MLMHead(nn.Module):
@@ -37,9 +38,19 @@ class MLMHead(nn.Module):
             self.decoder.weight = tied_weight
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
+    def transform(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``LayerNorm(act(dense(hidden)))``: ``[..., D]`` -> ``[..., D]`` (the decoder's input)."""
+        return self.layer_norm(self.act(self.dense(hidden)))
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden`` ``[..., D]`` -> logits ``[..., V]``."""
-        return self.decoder(self.layer_norm(self.act(self.dense(hidden)))) + self.bias
+        return self.decoder(self.transform(hidden)) + self.bias
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the logits of ``hidden`` ``[K, D]`` against ``labels`` ``[K]``
+        (all valid), without materialising more than one ``[K, V]`` tensor
+        (:func:`~xfm.core.layers.vocab_loss.vocab_cross_entropy`)."""
+        return vocab_cross_entropy(self.transform(hidden), self.decoder.weight, self.bias, labels)
 
 
 class MLPHead(nn.Sequential):

@@ -21,7 +21,13 @@ the region's states (position 0 = mean of the patches in the box) with the regio
 cross-attention mask.
 """
 
-from xfm.train.objectives.base import Objective, Stage, gather_masked, masked_cross_entropy
+from xfm.train.objectives.base import (
+    Objective,
+    Stage,
+    gather_masked,
+    masked_cross_entropy,
+    mlm_loss,
+)
 from xfm.train.objectives.bbox import BBox, bbox_losses
 from xfm.train.objectives.context import BatchContext
 from xfm.train.objectives.itc import ITC, itc_loss
@@ -49,5 +55,6 @@ __all__ = [
     "itc_loss",
     "masked_cross_entropy",
     "mim_loss",
+    "mlm_loss",
     "sample_hard_negatives",
 ]

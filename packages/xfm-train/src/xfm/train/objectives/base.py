@@ -18,7 +18,7 @@ import torch
 if TYPE_CHECKING:
     from xfm.train.objectives.context import BatchContext
 
-__all__ = ["Objective", "Stage", "gather_masked", "masked_cross_entropy"]
+__all__ = ["Objective", "Stage", "gather_masked", "masked_cross_entropy", "mlm_loss"]
 
 
 class Stage(enum.IntEnum):
@@ -83,6 +83,21 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     if not bool(valid.any()):
         return logits.sum() * 0.0
     return torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100)
+
+
+def mlm_loss(head: torch.nn.Module, rows: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of an MLM ``head`` on ``rows`` ``[K, D]`` against ``labels`` ``[K]``.
+
+    Heads with a fused ``loss(rows, labels)`` (:class:`xfm.core.layers.MLMHead`: one ``[K, V]``
+    tensor instead of several) use it; others get :func:`masked_cross_entropy` of their
+    logits. A graph-connected zero when ``K == 0``.
+    """
+    fused = getattr(head, "loss", None)
+    if fused is None or not bool((labels != -100).all()):
+        return masked_cross_entropy(head(rows), labels)
+    if rows.shape[0] == 0:
+        return head(rows).sum() * 0.0
+    return fused(rows, labels)
 
 
 def gather_masked(

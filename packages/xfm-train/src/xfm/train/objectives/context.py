@@ -270,9 +270,10 @@ class BatchContext:
         )
         return self.model.itm_logits(fused)
 
-    def fusion_mlm_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fusion MLM logits ``[K, V]`` at the ``K`` valid masked caption slots and their
-        labels ``[K]`` (masked caption -> language encoder -> fusion with the pair image)."""
+    def fusion_mlm_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fusion states ``[K, D]`` at the ``K`` valid masked caption slots (the fusion MLM
+        head's input) and their labels ``[K]`` (masked caption -> language encoder -> fusion
+        with the pair image)."""
 
         def compute() -> tuple[torch.Tensor, torch.Tensor]:
             fused = self.model.fuse(
@@ -281,29 +282,36 @@ class BatchContext:
                 image_mask=self.pair_vision_mask(),
                 image_kv=self.pair_kv(),
             )
-            rows, labels = gather_masked(
-                fused, self._field("masked_pos"), self._field("masked_labels")
-            )
-            return self.model.fusion_mlm_head(rows), labels
+            return gather_masked(fused, self._field("masked_pos"), self._field("masked_labels"))
 
         return self._cached("fusion_mlm", compute)
 
-    def text_mlm_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text MLM logits ``[K, V]`` of the language encoder alone at the ``K`` masked tokens
-        of a text batch, and their labels ``[K]`` (dense ``mlm_labels``, or the sparse
+    def fusion_mlm_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fusion MLM logits ``[K, V]`` at the ``K`` valid masked caption slots and their
+        labels ``[K]``."""
+        rows, labels = self.fusion_mlm_rows()
+        return self.model.fusion_mlm_head(rows), labels
+
+    def text_mlm_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Language-encoder states ``[K, D]`` at the ``K`` masked tokens of a text batch (the
+        text MLM head's input) and their labels ``[K]`` (dense ``mlm_labels``, or the sparse
         ``masked_pos`` / ``masked_labels`` when the batch has them)."""
 
         def compute() -> tuple[torch.Tensor, torch.Tensor]:
             batch = self.batch
             states = self.model.encode_text(self._field("mlm_input_ids"), self.text_mask)
             if getattr(batch, "masked_pos", None) is not None:
-                rows, labels = gather_masked(states, batch.masked_pos, self._field("masked_labels"))
-            else:
-                valid = batch.mlm_labels != -100
-                rows, labels = states[valid], batch.mlm_labels[valid]
-            return self.model.text_mlm_head(rows), labels
+                return gather_masked(states, batch.masked_pos, self._field("masked_labels"))
+            valid = batch.mlm_labels != -100
+            return states[valid], batch.mlm_labels[valid]
 
         return self._cached("text_mlm", compute)
+
+    def text_mlm_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text MLM logits ``[K, V]`` of the language encoder alone at the ``K`` masked tokens
+        and their labels ``[K]``."""
+        rows, labels = self.text_mlm_rows()
+        return self.model.text_mlm_head(rows), labels
 
     def bbox_pred(self) -> torch.Tensor:
         """Predicted region boxes ``[B, 4]`` ``(cx, cy, w, h)`` from the fusion CLS of (full

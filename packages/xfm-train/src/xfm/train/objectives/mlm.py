@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from xfm.train.objectives.base import Objective, Stage, gather_masked, masked_cross_entropy
+from xfm.train.objectives.base import Objective, Stage, gather_masked, mlm_loss
 
 if TYPE_CHECKING:
     from xfm.train.objectives.context import BatchContext
@@ -27,8 +27,8 @@ class FusionMLM(Objective):
     stage: ClassVar[Stage] = Stage.MAIN
 
     def __call__(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
-        logits, labels = ctx.fusion_mlm_logits()
-        return {"fusion_mlm": masked_cross_entropy(logits, labels)}
+        rows, labels = ctx.fusion_mlm_rows()
+        return {"fusion_mlm": mlm_loss(ctx.model.fusion_mlm_head, rows, labels)}
 
 
 class TextMLM(Objective):
@@ -44,5 +44,5 @@ class TextMLM(Objective):
     stage: ClassVar[Stage] = Stage.MAIN
 
     def __call__(self, ctx: BatchContext) -> dict[str, torch.Tensor]:
-        logits, labels = ctx.text_mlm_logits()
-        return {"text_mlm": masked_cross_entropy(logits, labels)}
+        rows, labels = ctx.text_mlm_rows()
+        return {"text_mlm": mlm_loss(ctx.model.text_mlm_head, rows, labels)}
