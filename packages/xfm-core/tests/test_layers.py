@@ -243,3 +243,28 @@ def test_attention_casts_its_input_once_under_autocast():
         mha.autocast_input = original
     assert (once, per_projection) == (1, 3)
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(("dim", "heads", "cross"), [(32, 4, True), (24, 3, False), (40, 5, True)])
+def test_post_ln_layer_positions_equal_the_full_output_there(dim, heads, cross):
+    """``positions=`` computes only the wanted rows: same outputs and input gradients."""
+    torch.manual_seed(dim)
+    layer = PostLNLayer(
+        dim, heads, 2 * dim, cross_attention=cross, cross_dim=16, dropout=0.0, attn_dropout=0.0
+    )
+    x = torch.randn(3, 7, dim, requires_grad=True)
+    ctx = torch.randn(3, 5, 16, requires_grad=True) if cross else None
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    positions = torch.tensor([[0, 3], [2, 0], [6, 6]])
+    full = layer(x, key_mask=mask, context=ctx)
+    want = torch.gather(full, 1, positions[..., None].expand(-1, -1, dim))
+    got = layer(x, key_mask=mask, context=ctx, positions=positions)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+    inputs = [x] + ([ctx] if cross else [])
+    g_want = torch.autograd.grad(want.square().sum(), inputs + list(layer.parameters()))
+    g_got = torch.autograd.grad(got.square().sum(), inputs + list(layer.parameters()))
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="causal"):
+        layer(x, causal=True, context=ctx, positions=positions)

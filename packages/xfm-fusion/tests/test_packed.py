@@ -124,3 +124,72 @@ def test_pair_vectors_refuse_training_mode_several_images_and_a_masked_position_
     mask[1, 0] = 0
     with pytest.raises(ValueError, match="position 0"):
         enc.pair_vectors(states, mask, kv)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_fusion_positions_equal_the_full_forward_there(checkpointing: bool) -> None:
+    torch.manual_seed(5)
+    enc = CrossAttentionFusionEncoder(
+        width=32,
+        layers=3,
+        heads=4,
+        ffn_dim=64,
+        vision_width=24,
+        dropout=0.0,
+        attn_dropout=0.0,
+        gradient_checkpointing=checkpointing,
+    )
+    text = torch.randn(4, 6, 32, requires_grad=True)
+    image = torch.randn(4, 5, 24, requires_grad=True)
+    mask = torch.ones(4, 6, dtype=torch.long)
+    mask[2, 3:] = 0
+    positions = torch.tensor([[0, 1], [0, 5], [2, 0], [4, 3]])
+    full = enc(text, mask, image)
+    want = torch.gather(full, 1, positions[..., None].expand(-1, -1, 32))
+    got = enc(text, mask, image, positions=positions)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+    g_want = torch.autograd.grad(want.sum(), [text, image])
+    g_got = torch.autograd.grad(got.sum(), [text, image])
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_model_fuse_positions_with_a_fusion_encoder_without_them() -> None:
+    """A plug-in fusion encoder whose forward has no ``positions``: fuse picks the rows."""
+
+    class Plain(CrossAttentionFusionEncoder):
+        def forward(
+            self, text_states, text_mask, image_states=None, image_mask=None, image_kv=None
+        ):
+            return super().forward(text_states, text_mask, image_states, image_mask, image_kv)
+
+    torch.manual_seed(6)
+    model = XFM(
+        vision={
+            "name": "vit",
+            "image_size": 32,
+            "patch_size": 16,
+            "width": 24,
+            "layers": 1,
+            "heads": 2,
+        },
+        text={
+            "name": "bert",
+            "vocab_size": 50,
+            "width": 24,
+            "layers": 1,
+            "heads": 2,
+            "ffn_dim": 48,
+        },
+        fusion={"name": "cross_attention", "layers": 2, "heads": 2, "ffn_dim": 48},
+    ).eval()
+    text, image = torch.randn(2, 5, 24), torch.randn(2, 5, 24)
+    mask = torch.ones(2, 5, dtype=torch.long)
+    positions = torch.tensor([[0, 4], [1, 2]])
+    fast = model.fuse(text, mask, image, positions=positions)
+    plain = Plain(model.fusion_encoder.config)
+    plain.load_state_dict(model.fusion_encoder.state_dict())
+    model.fusion_encoder = plain.eval()
+    torch.testing.assert_close(
+        model.fuse(text, mask, image, positions=positions), fast, rtol=0, atol=2e-6
+    )

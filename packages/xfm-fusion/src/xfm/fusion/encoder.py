@@ -93,6 +93,7 @@ class CrossAttentionFusionEncoder(nn.Module):
         image_states: torch.Tensor | None = None,
         image_mask: torch.Tensor | None = None,
         image_kv: ImageKV | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Fuse text with an image.
 
@@ -102,9 +103,12 @@ class CrossAttentionFusionEncoder(nn.Module):
             image_states: ``[B, 1+N, Dv]`` vision-encoder output (or give ``image_kv``).
             image_mask: ``[B, 1+N]`` 1/True for image positions that may be attended.
             image_kv: output of :meth:`image_kv` for the images of this batch (row-aligned).
+            positions: ``[B, M]`` positions whose outputs are wanted (``0``: the pair vector;
+                masked tokens for MLM); the last layer then computes only those rows.
 
         Returns:
-            ``[B, T, Dt]``; ``[:, 0]`` is the image-text pair vector.
+            ``[B, T, Dt]``; ``[:, 0]`` is the image-text pair vector. ``[B, M, Dt]`` (the
+            outputs at ``positions``) with ``positions``.
         """
         if text_states.dim() != 3 or text_states.shape[-1] != self.width:
             raise ValueError(
@@ -117,11 +121,24 @@ class CrossAttentionFusionEncoder(nn.Module):
         key_mask = None if text_mask is None else text_mask.bool()
         ctx_mask = None if image_mask is None else image_mask.bool()
         x = text_states
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             kv = None if image_kv is None else image_kv[i]
             ctx = None if kv is not None else image_states
+            rows = positions if i == last else None
             if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, key_mask, ctx, ctx_mask, False, kv, use_reentrant=False)
+                x = checkpoint(
+                    layer, x, key_mask, ctx, ctx_mask, False, kv, rows, use_reentrant=False
+                )
             else:
-                x = layer(x, key_mask=key_mask, context=ctx, context_mask=ctx_mask, context_kv=kv)
+                x = layer(
+                    x,
+                    key_mask=key_mask,
+                    context=ctx,
+                    context_mask=ctx_mask,
+                    context_kv=kv,
+                    positions=rows,
+                )
+        if positions is not None and not len(self.layers):
+            x = torch.gather(x, 1, positions.long()[..., None].expand(-1, -1, x.shape[-1]))
         return x

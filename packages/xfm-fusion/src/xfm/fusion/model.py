@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +55,20 @@ class XFMConfig:
     #: :func:`~xfm.fusion.official.from_official` does): a teacher that vision-language training
     #: never updates.
     vision_guidance: bool = True
+
+
+@functools.cache
+def _forward_takes_positions(cls: type) -> bool:
+    try:
+        return "positions" in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _takes_positions(encoder: nn.Module) -> bool:
+    """Whether a fusion encoder's ``forward`` accepts ``positions=`` (an optional feature of
+    the fusion encoder contract)."""
+    return _forward_takes_positions(type(encoder))
 
 
 def _create_encoder(kind: str, spec: dict[str, Any], **defaults: Any) -> nn.Module:
@@ -139,11 +155,24 @@ class XFMEncoders(nn.Module):
         image_states: torch.Tensor | None = None,
         image_mask: torch.Tensor | None = None,
         image_kv=None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Fusion states ``[B, T, Dt]``; the text states are detached when ``stop_gradient``."""
+        """Fusion states ``[B, T, Dt]``; the text states are detached when ``stop_gradient``.
+
+        ``positions`` ``[B, M]``: return only the states there, ``[B, M, Dt]`` (the fusion
+        encoder computes only those rows in its last layer when its ``forward`` takes
+        ``positions``; otherwise they are picked from the full output).
+        """
         if self.config.stop_gradient:
             text_states = text_states.detach()
-        return self.fusion_encoder(text_states, text_mask, image_states, image_mask, image_kv)
+        enc = self.fusion_encoder
+        if positions is None:
+            return enc(text_states, text_mask, image_states, image_mask, image_kv)
+        if _takes_positions(enc):
+            return enc(text_states, text_mask, image_states, image_mask, image_kv, positions)
+        full = enc(text_states, text_mask, image_states, image_mask, image_kv)
+        index = positions.long()[..., None].expand(-1, -1, full.shape[-1])
+        return torch.gather(full, 1, index)
 
     def pair_vectors(
         self, text_states: torch.Tensor, text_mask: torch.Tensor, image_kv

@@ -57,6 +57,7 @@ class PostLNLayer(nn.Module):
         context_mask: torch.Tensor | None = None,
         causal: bool = False,
         context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the layer.
 
@@ -68,11 +69,23 @@ class PostLNLayer(nn.Module):
             context_mask: ``[B, Tc]`` bool, True for context positions that may be attended.
             causal: causal self-attention (decoders).
             context_kv: precomputed cross-attention keys/values ``([B, H, Tc, Dh], ...)``.
+            positions: ``[B, M]`` the only positions whose outputs are wanted (e.g. the pair
+                vector ``0`` or masked tokens, in a last layer): every position still serves as
+                a self-attention key/value, but queries, cross-attention and FFN run on these
+                ``M`` rows only (the same outputs there, less work).
 
         Returns:
-            ``[B, T, D]``.
+            ``[B, T, D]``, or ``[B, M, D]`` with ``positions``.
         """
-        x = self.self_norm(x + self.drop(self.self_attn(x, key_mask=key_mask, causal=causal)))
+        if positions is None:
+            h = self.self_attn(x, key_mask=key_mask, causal=causal)
+        else:
+            if causal:
+                raise ValueError("positions= is not supported with causal self-attention")
+            keys = x
+            x = torch.gather(x, 1, positions.long()[..., None].expand(-1, -1, x.shape[-1]))
+            h = self.self_attn(x, context=keys, key_mask=key_mask)
+        x = self.self_norm(x + self.drop(h))
         if self.cross_attn is not None:
             if context is None and context_kv is None:
                 raise ValueError("this layer has cross-attention: pass `context` [B, Tc, D_cross]")

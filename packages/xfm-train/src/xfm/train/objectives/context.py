@@ -261,11 +261,14 @@ class BatchContext:
         neg_kv = [(k.index_select(0, neg_image), v.index_select(0, neg_image)) for k, v in kv]
         neg_mask = None if img_mask is None else img_mask[neg_image]
         fuse = self.model.fuse
+        cls = torch.zeros(text.shape[0], 1, dtype=torch.long, device=text.device)  # pair vector
         fused = torch.cat(
             [
-                fuse(text, mask, image_mask=img_mask, image_kv=kv)[:, :1],
-                fuse(text, mask, image_mask=neg_mask, image_kv=neg_kv)[:, :1],
-                fuse(text[neg_text], mask[neg_text], image_mask=img_mask, image_kv=kv)[:, :1],
+                fuse(text, mask, image_mask=img_mask, image_kv=kv, positions=cls),
+                fuse(text, mask, image_mask=neg_mask, image_kv=neg_kv, positions=cls),
+                fuse(
+                    text[neg_text], mask[neg_text], image_mask=img_mask, image_kv=kv, positions=cls
+                ),
             ]
         )
         return self.model.itm_logits(fused)
@@ -276,13 +279,17 @@ class BatchContext:
         with the pair image)."""
 
         def compute() -> tuple[torch.Tensor, torch.Tensor]:
-            fused = self.model.fuse(
+            labels = self._field("masked_labels")
+            valid = labels != -100
+            positions = self._field("masked_pos").long().masked_fill(~valid, 0)
+            fused = self.model.fuse(  # [B, M, D]: the last layer runs on the masked slots only
                 self.masked_text(),
                 self.text_mask,
                 image_mask=self.pair_vision_mask(),
                 image_kv=self.pair_kv(),
+                positions=positions,
             )
-            return gather_masked(fused, self._field("masked_pos"), self._field("masked_labels"))
+            return fused[valid], labels[valid]
 
         return self._cached("fusion_mlm", compute)
 
@@ -319,6 +326,13 @@ class BatchContext:
         return self._cached(
             "bbox",
             lambda: self.model.predict_bbox(
-                self.model.fuse(self.text(), self.text_mask, image_kv=self.full_kv())
+                self.model.fuse(
+                    self.text(),
+                    self.text_mask,
+                    image_kv=self.full_kv(),
+                    positions=torch.zeros(
+                        self.text_mask.shape[0], 1, dtype=torch.long, device=self.text_mask.device
+                    ),
+                )
             ),
         )
