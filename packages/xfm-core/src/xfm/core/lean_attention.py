@@ -21,21 +21,18 @@ kernels in the compute dtype (for bf16 they accumulate in fp32 internally, so no
 
 It is xfm's one path for attention with a bias that needs a gradient on CPU (BEiT's learned
 relative position bias included: xfm-vision calls :func:`xfm.core.attention.attention` like every
-encoder). Dropout masks are drawn with :func:`dropout_mask` (``rand < p`` from the default
-generator); kept probabilities are scaled by ``1 / (1 - p)``.
+encoder). Dropout masks are drawn with :func:`xfm.core.dropout.dropout_mask` (random
+words from the default generator, two mask elements per word); kept probabilities are scaled by
+``1 / (1 - p)``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from xfm.core.dropout import dropout_mask
+
 __all__ = ["dropout_mask", "lean_attention"]
-
-
-def dropout_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """Bool mask of the attention probabilities dropout zeroes: ``True`` with probability ``p``
-    (``rand < p`` from the default generator, as :func:`lean_attention` draws it)."""
-    return torch.rand(shape, device=device) < p
 
 
 def _dropped(probs: torch.Tensor, drop: torch.Tensor | None, p: float) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xfm.core.layers import Dropout
 from xfm.text.config import TextEncoderConfig
 
 
@@ -44,7 +45,7 @@ class TextEmbeddings(nn.Module):
             nn.Embedding(config.type_vocab_size, d) if config.type_vocab_size > 0 else None
         )
         self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
 
     def position_ids(
         self, batch: int, length: int, device: torch.device, input_ids: torch.Tensor | None

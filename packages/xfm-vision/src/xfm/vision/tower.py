@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.init import trunc_normal_
 from torch.utils.checkpoint import checkpoint
 
-from xfm.core.layers import PreLNBlock
+from xfm.core.layers import Dropout, PreLNBlock
 from xfm.vision.config import VisionTowerConfig, _pair
 from xfm.vision.patch_embed import PatchEmbed, resample_abs_pos_embed
 from xfm.vision.rel_pos import RelativePositionBias
@@ -114,7 +114,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = (
             nn.Parameter(torch.zeros(1, num_patches + 1, c.width)) if c.abs_pos else None
         )
-        self.pos_drop = nn.Dropout(c.dropout)
+        self.pos_drop = Dropout(c.dropout)
         self.rel_pos = RelativePositionBias(grid, c.heads) if c.rel_pos == "shared" else None
         rates = torch.linspace(0, c.drop_path_rate, c.layers, device="cpu").tolist()
         self.blocks = nn.ModuleList(

@@ -1,5 +1,6 @@
 """Reusable transformer building blocks shared by every xfm encoder (all on ``xfm.core.attention``)."""
 
+from xfm.core.dropout import Dropout, dropout, dropout_mask
 from xfm.core.layers.bert_layer import PostLNLayer
 from xfm.core.layers.drop_path import DropPath, drop_path
 from xfm.core.layers.heads import MLMHead, MLPHead
@@ -11,6 +12,7 @@ from xfm.core.layers.vocab_loss import vocab_cross_entropy
 
 __all__ = [
     "DropPath",
+    "Dropout",
     "FusedQKVAttention",
     "MLMHead",
     "MLPHead",
@@ -19,6 +21,8 @@ __all__ = [
     "PostLNLayer",
     "PreLNBlock",
     "drop_path",
+    "dropout",
+    "dropout_mask",
     "get_activation",
     "residual_add",
     "vocab_cross_entropy",

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from xfm.core.attention import Backend
+from xfm.core.dropout import Dropout
 from xfm.core.layers.mha import MultiHeadAttention
 from xfm.core.layers.mlp import Mlp
 
@@ -47,7 +48,7 @@ class PostLNLayer(nn.Module):
             self.cross_norm = nn.LayerNorm(dim, eps=eps)
         self.ffn = Mlp(dim, ffn_dim, act=act)
         self.ffn_norm = nn.LayerNorm(dim, eps=eps)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(
         self,

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xfm.core.dropout import Dropout
+
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact (erf) GELU, as BERT, RoBERTa and BEiT use
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -74,7 +76,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, out_dim or dim, bias=bias)
         self.act_name = act
         self.act = get_activation(act)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``[..., D]`` -> ``[..., D_out]``."""

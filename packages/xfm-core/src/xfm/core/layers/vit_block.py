@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from xfm.core.attention import Backend, attention
+from xfm.core.dropout import Dropout
 from xfm.core.layers.drop_path import DropPath
 from xfm.core.layers.mlp import Mlp
 from xfm.core.layers.residual import residual_add
@@ -47,7 +48,7 @@ class FusedQKVAttention(nn.Module):
             self.register_buffer("k_bias", torch.zeros(dim), persistent=False)
         self.proj = nn.Linear(dim, dim)
         self.attn_dropout = attn_dropout
-        self.proj_drop = nn.Dropout(proj_dropout)
+        self.proj_drop = Dropout(proj_dropout)
         self.backend = backend
 
     def forward(
