@@ -87,7 +87,8 @@ class RelativePositionBias(nn.Module):
     def forward(self) -> torch.Tensor:
         """The bias ``[H, N+1, N+1]``."""
         n = self.index.shape[0]
-        bias = self.table[self.index.view(-1)].view(n, n, self.num_heads)
+        # index_select: its backward (index_add) is ~9x faster on CPU than that of table[index]
+        bias = self.table.index_select(0, self.index.view(-1)).view(n, n, self.num_heads)
         # Contiguous [H, N+1, N+1]: SDPA's CPU kernels read a contiguous mask faster.
         return bias.permute(2, 0, 1).contiguous()
 
