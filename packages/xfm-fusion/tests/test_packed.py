@@ -37,8 +37,11 @@ def test_pair_vectors_equal_the_padded_forward(width, layers, heads, vision_widt
         kv = enc.image_kv(image)
         want = _padded_reference(enc, states, mask, kv)
         got = enc.pair_vectors(states, mask, kv)
-    assert got.shape == (n, width)
+        shared = enc.text_self_attention(states, mask)  # once per text, for every image
+        from_shared = enc.pair_vectors(shared, mask, kv, text_done=True)
+    assert got.shape == from_shared.shape == (n, width)
     torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+    torch.testing.assert_close(from_shared, want, rtol=0, atol=2e-6)
 
 
 def test_pair_vectors_with_a_mask_that_is_not_a_prefix_and_trailing_padding() -> None:
@@ -118,6 +121,8 @@ def test_pair_vectors_refuse_training_mode_several_images_and_a_masked_position_
     kv = enc.image_kv(torch.randn(1, 3, 16))
     with pytest.raises(RuntimeError, match="eval"):
         pair_vectors(enc, states, mask, kv)
+    with pytest.raises(RuntimeError, match="eval"):
+        enc.text_self_attention(states, mask)
     enc.eval()
     with pytest.raises(ValueError, match="one image"):
         enc.pair_vectors(states, mask, enc.image_kv(torch.randn(2, 3, 16)))

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from xfm.core.layers import PostLNLayer
-from xfm.fusion.packed import pair_vectors
+from xfm.fusion.packed import pair_vectors, text_self_attention
 
 ImageKV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -72,13 +72,24 @@ class CrossAttentionFusionEncoder(nn.Module):
         return [layer.cross_attn.project_kv(image_states) for layer in self.layers]
 
     def pair_vectors(
-        self, text_states: torch.Tensor, text_mask: torch.Tensor, image_kv: ImageKV
+        self,
+        text_states: torch.Tensor,
+        text_mask: torch.Tensor,
+        image_kv: ImageKV,
+        text_done: bool = False,
     ) -> torch.Tensor:
         """Position-0 outputs ``[n, Dt]`` of ``n`` texts ``[n, T, Dt]`` with ONE image's
         :meth:`image_kv` (``[1, H, 1+N, Dh]`` per layer), computed without padding (eval only;
         see :func:`xfm.fusion.packed.pair_vectors`). Equal to ``forward(...)[:, 0]`` to float
-        rounding."""
-        return pair_vectors(self, text_states, text_mask, image_kv)
+        rounding. ``text_done``: the states are :meth:`text_self_attention`'s output."""
+        return pair_vectors(self, text_states, text_mask, image_kv, text_done)
+
+    def text_self_attention(
+        self, text_states: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """The first layer's self-attention sublayer (text only; eval): ``[n, T, Dt]``, the
+        input of :meth:`pair_vectors` with ``text_done=True`` for every image of the text."""
+        return text_self_attention(self, text_states, text_mask)
 
     def _check_image(self, image_states: torch.Tensor) -> None:
         if image_states.dim() != 3 or image_states.shape[-1] != self.vision_width:

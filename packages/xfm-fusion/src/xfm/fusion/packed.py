@@ -13,6 +13,9 @@ computes at position 0 for each text, with less work:
 * **one cross-attention for the whole batch.** Every packed token attends to the same image
   keys/values, so cross-attention is one unmasked ``[1, H, sum(lengths), Dh]`` call (SDPA's
   fused kernel) on the image's K/V computed once;
+* **the text's own work once per text.** The first layer's self-attention depends on the text
+  alone: :func:`text_self_attention` computes it once and every image the text is re-ranked
+  with starts from it (``text_done=True``);
 * **position 0 only in the last layer.** The last layer's self-attention still needs every
   token's keys/values, but its queries, output projection, cross-attention and FFN run on the
   ``n`` pair vectors only.
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
     from xfm.core.layers import PostLNLayer
     from xfm.fusion.encoder import CrossAttentionFusionEncoder, ImageKV
 
-__all__ = ["pair_vectors"]
+__all__ = ["pair_vectors", "text_self_attention"]
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -43,22 +46,20 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(b, t, heads, d // heads).transpose(1, 2)
 
 
-def _layer(
+def _self_attention(
     layer: PostLNLayer,
     x: torch.Tensor,
     flat: torch.Tensor,
     valid: torch.Tensor,
-    kv: tuple[torch.Tensor, torch.Tensor],
     cls_rows: torch.Tensor | None,
 ) -> torch.Tensor:
-    """One post-LN fusion layer on packed rows ``x`` ``[P, D]``.
+    """The self-attention sublayer on packed rows ``x`` ``[P, D]``: ``[P, D]``, or ``[n, D]``
+    (the rows ``cls_rows`` only) in the last layer.
 
     ``flat`` ``[P]``: each packed row's index in the padded ``[n * Lmax]`` layout; ``valid``
-    ``[n, Lmax]`` the text mask; ``kv`` the image's keys/values ``[1, H, Tc, Dh]``;
-    ``cls_rows`` ``[n]`` (the last layer): compute only these rows' outputs. Returns ``[P, D]``
-    or ``[n, D]``.
+    ``[n, Lmax]`` the text mask.
     """
-    sa, ca = layer.self_attn, layer.cross_attn
+    sa = layer.self_attn
     n, lmax = valid.shape
     d, heads = x.shape[-1], sa.num_heads
 
@@ -77,11 +78,34 @@ def _layer(
         res = x[cls_rows]
         q = _heads(sa.query(res).unsqueeze(1), heads)  # [n, H, 1, Dh]
         h = attention(q, k, v, key_mask=valid, backend=sa.backend).reshape(n, d)
-    x = layer.self_norm(res + sa.out(h))
-    q = _heads(ca.query(x).unsqueeze(0), heads)  # [1, H, rows, Dh]
+    return layer.self_norm(res + sa.out(h))
+
+
+def _cross_and_ffn(
+    layer: PostLNLayer, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Cross-attention of rows ``x`` ``[R, D]`` to one image's ``kv`` (``[1, H, Tc, Dh]``),
+    then the FFN: ``[R, D]``."""
+    ca = layer.cross_attn
+    d = x.shape[-1]
+    q = _heads(ca.query(x).unsqueeze(0), ca.num_heads)  # [1, H, R, Dh]
     h = attention(q, kv[0], kv[1], backend=ca.backend)
     x = layer.cross_norm(x + ca.out(h[0].transpose(0, 1).reshape(-1, d)))
     return layer.ffn_norm(x + layer.ffn(x))
+
+
+@torch.no_grad()
+def text_self_attention(
+    encoder: CrossAttentionFusionEncoder, text_states: torch.Tensor, text_mask: torch.Tensor
+) -> torch.Tensor:
+    """The first fusion layer's self-attention sublayer, which depends on the text alone:
+    ``[n, T, Dt]`` -> ``[n, T, Dt]`` (padding rows: arbitrary). Computed once per text, it
+    serves every image the text is paired with (:func:`pair_vectors` ``text_done=True``)."""
+    if encoder.training:
+        raise RuntimeError("text_self_attention is an evaluation path: call encoder.eval() first")
+    layer = encoder.layers[0]
+    h = layer.self_attn(text_states, key_mask=text_mask.bool())
+    return layer.self_norm(text_states + h)
 
 
 @torch.no_grad()
@@ -90,6 +114,7 @@ def pair_vectors(
     text_states: torch.Tensor,
     text_mask: torch.Tensor,
     image_kv: ImageKV,
+    text_done: bool = False,
 ) -> torch.Tensor:
     """Fusion output at position 0 of ``n`` texts, each paired with the same image.
 
@@ -99,6 +124,8 @@ def pair_vectors(
         text_mask: ``[n, T]`` 1/True for real tokens; position 0 must be real in every row.
         image_kv: :meth:`~xfm.fusion.encoder.CrossAttentionFusionEncoder.image_kv` of ONE
             image: per layer ``([1, H, 1+N, Dh], [1, H, 1+N, Dh])`` (a batch-size-1 slice).
+        text_done: ``text_states`` are :func:`text_self_attention`'s output (the first layer's
+            self-attention, shared by all the images of a text), not the language states.
 
     Returns:
         ``[n, Dt]``: equal, to float rounding, to ``encoder(text_states, text_mask,
@@ -130,5 +157,10 @@ def pair_vectors(
         return x[cls_rows]
     last = len(encoder.layers) - 1
     for i, layer in enumerate(encoder.layers):
-        x = _layer(layer, x, flat, valid, image_kv[i], cls_rows if i == last else None)
+        rows = cls_rows if i == last else None
+        if i == 0 and text_done:
+            x = x if rows is None else x[rows]
+        else:
+            x = _self_attention(layer, x, flat, valid, rows)
+        x = _cross_and_ffn(layer, x, image_kv[i])
     return x

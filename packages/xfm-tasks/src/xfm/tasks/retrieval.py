@@ -234,6 +234,35 @@ def _itm_batches(
             yield {"start": c, "chunk": chunk, "idx": idx, "single": single}
 
 
+def _text_self_attention(
+    encoder: nn.Module,
+    text_states: torch.Tensor,
+    text_mask: torch.Tensor,
+    lengths: torch.Tensor,
+    texts: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    autocast: Callable[[], Any] | None,
+) -> torch.Tensor:
+    """The fusion encoder's ``text_self_attention`` of the rows ``texts`` (others zero), in
+    length-sorted batches trimmed to their longest text: ``[T, L, Dt]``."""
+    out = torch.zeros_like(text_states)
+    order = texts[torch.sort(lengths[texts], stable=True).indices]
+
+    def batches() -> Any:
+        for b in range(0, len(order), batch_size):
+            rows = order[b : b + batch_size]
+            yield rows, int(lengths[rows].max())
+
+    def step(batch: tuple[torch.Tensor, int]) -> dict[str, Any]:
+        rows, n = batch
+        out[rows, :n] = encoder.text_self_attention(text_states[rows, :n], text_mask[rows, :n])
+        return {}
+
+    run_batches(batches(), step, device=device, autocast=autocast)
+    return out
+
+
 def itm_scores(
     model: nn.Module,
     image_states: torch.Tensor,
@@ -254,7 +283,8 @@ def itm_scores(
     of their images (memory: ``kv_chunk`` images' K/V plus one batch's). With ``per_image``
     (default: when images have at least 32 candidates on average) each batch
     holds the candidates of one image and runs through the model's ``pair_vectors`` (the fusion
-    encoder's unpadded path: :mod:`xfm.fusion.packed`) or reads its K/V as a broadcast view.
+    encoder's unpadded path: :mod:`xfm.fusion.packed`; the first layer's self-attention of each
+    text is then computed once, not once per image) or reads its K/V as a broadcast view.
     The batches run through the task evaluation loop (:func:`~xfm.tasks.base.run_batches`).
     """
     device = image_states.device
@@ -263,6 +293,21 @@ def itm_scores(
     if pairs.numel() == 0:
         return out
     lengths = text_mask.sum(1)
+    if per_image is None:
+        per_image = pairs.shape[0] >= 32 * len(torch.unique_consecutive(pairs[:, 0]))
+    enc = getattr(model, "fusion_encoder", None)
+    shared = None  # the first fusion layer's self-attention of each text, computed once
+    if per_image and hasattr(enc, "text_self_attention") and not enc.training:
+        shared = _text_self_attention(
+            enc,
+            text_states,
+            text_mask,
+            lengths,
+            pairs[:, 1].unique(),
+            batch_size,
+            device,
+            autocast,
+        )
     held: dict[str, Any] = {}  # the K/V of the current chunk of images
 
     def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -275,9 +320,13 @@ def itm_scores(
         texts = pairs[idx, 1]
         length = int(lengths[texts].max())
         packed = getattr(model, "pair_vectors", None)
-        if single is not None and packed is not None:  # one image: packed, no padding
+        if single is not None and (shared is not None or packed is not None):
             one = [(k[single : single + 1], v[single : single + 1]) for k, v in kv]
-            vectors = packed(text_states[texts, :length], text_mask[texts, :length], one)
+            mask = text_mask[texts, :length]
+            if shared is not None:  # one image, packed, the texts' own first sublayer done
+                vectors = enc.pair_vectors(shared[texts, :length], mask, one, text_done=True)
+            else:  # one image, packed (no padding)
+                vectors = packed(text_states[texts, :length], mask, one)
             return {"idx": idx, "score": model.itm_logits(vectors[:, None])[:, 1].float()}
         if single is not None:
             shape = (len(idx), -1, -1, -1)
