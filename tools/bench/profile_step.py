@@ -8,8 +8,8 @@ staged backward, fused AdamW), runs ``--warmup`` steps, profiles ``--steps`` ste
 * the number of ATen calls and the bytes allocated per step,
 * a JSON summary (``--json``) that two runs can be diffed on: op call counts and copy shapes are
   deterministic, so they compare changes on a shared machine where times are noise (fresh
-  allocations are not free either: large blocks come from ``mmap`` and every first touch of a
-  page faults).
+  allocations are not free either: without ``--malloc keep`` large blocks come from ``mmap``
+  and every first touch of a page faults).
 
     python tools/bench/profile_step.py --precision bf16 --threads 1
     python tools/bench/profile_step.py --step text --json > text.json
