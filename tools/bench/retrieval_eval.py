@@ -240,6 +240,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=2, help="best of N timings")
+    ap.add_argument(
+        "--malloc",
+        default="keep",
+        choices=["default", "keep"],
+        help="keep (default, as xfm's CPU engine does for training and evaluation): "
+        "xfm.core.cpu_memory.keep_freed_memory() in this process; the official script runs in "
+        "its own process with glibc's defaults",
+    )
     ap.add_argument("--json", action="store_true", help="JSON lines; the last is the report")
     args = ap.parse_args(argv)
     for name in ("images", "k", "max_len", "reference_sample", "batch", "repeats"):
@@ -269,6 +277,10 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads()
     say = (lambda *a: None) if args.json else print
     device = torch.device(args.device)
+    if device.type == "cpu" and args.malloc == "keep":
+        from xfm.core.cpu_memory import keep_freed_memory
+
+        keep_freed_memory()
     cfg = base_config() if args.preset == "base" else PRESETS[args.preset]
     torch.manual_seed(args.seed)
     model = RetrievalModel(cfg).to(device).eval()
@@ -289,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         "k": args.k,
         "max_len": args.max_len,
         "lengths": args.lengths,
+        "malloc": args.malloc,
         "torch": torch.__version__,
         "xfm": {},
     }
