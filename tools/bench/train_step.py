@@ -27,8 +27,11 @@ Each (step, precision) runs in a fresh subprocess so that its peak RSS is its ow
 one step are counted once per (step, precision) with ``torch.utils.flop_counter`` (matmuls and
 attention) in a process of its own; ``fraction_of_measured_gemm`` is the step's FLOP rate over
 the rate of its largest GEMM (``[batch * 197, width] @ [width, 4 * width]``) measured in the same
-process just before the step (what this machine delivers right now); ``--peak-gflops`` adds a
-fraction of a nominal peak.
+process just before the step (what this machine delivers right now) through
+``xfm.core.layers.linear``, the path the step's layers take (fp32 on CPU: oneDNN where
+``cpu_gemm_backend()`` picks it, e.g. AMD CPUs with AVX-512, where PyTorch's MKL runs an AVX2
+path; the row also carries ``gemm_fp32_torch_mm_gflops``, ``torch.mm``'s own rate, and
+``cpu_gemm_backend``); ``--peak-gflops`` adds a fraction of a nominal peak.
 
 bf16 on CPU needs bf16 units (``amx_bf16`` or ``avx512_bf16`` in ``/proc/cpuinfo``); without
 them autocast runs bf16 GEMMs slower than fp32, and the bf16 rows (xfm and official) say so
@@ -177,25 +180,34 @@ def _batches(step: str, batch: int, device, generator):
     return {k: v.to(device) for k, v in out.items()}
 
 
-def gemm_rate(dtype, device, m: int, k: int, n: int, seconds: float = 1.0) -> float:
-    """GFLOP/s of one ``[m, k] @ [k, n]`` GEMM (the step's largest shape) right now."""
+def gemm_rate(
+    dtype, device, m: int, k: int, n: int, seconds: float = 1.0, torch_mm: bool = False
+) -> float:
+    """GFLOP/s of one ``[m, k] x [k, n]`` GEMM (the step's largest shape) right now, through
+    xfm's :func:`xfm.core.layers.linear` (the path the step's layers take: oneDNN for fp32 on
+    CPUs where :func:`~xfm.core.layers.cpu_gemm_backend` picks it), or ``torch.mm`` itself
+    (``torch_mm``: PyTorch's BLAS for fp32 on CPU)."""
     import torch
 
+    from xfm.core.layers import linear
+
     a = torch.randn(m, k, device=device).to(dtype)
-    b = torch.randn(k, n, device=device).to(dtype)
+    b = torch.randn(n, k, device=device).to(dtype)
+    run = (lambda: a @ b.t()) if torch_mm else (lambda: linear(a, b))
     flop = 2 * m * k * n
-    a @ b  # warm-up (oneDNN/MKL primitive creation, cuBLAS handles)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    count, t0 = 0, time.perf_counter()
-    while True:
-        a @ b
-        count += 1
+    with torch.no_grad():
+        run()  # warm-up (oneDNN/MKL primitive creation, cuBLAS handles)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds or count >= 1000:
-            return count * flop / elapsed / 1e9
+        count, t0 = 0, time.perf_counter()
+        while True:
+            run()
+            count += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds or count >= 1000:
+                return count * flop / elapsed / 1e9
 
 
 def build_step(args: argparse.Namespace) -> dict[str, Any]:
@@ -297,9 +309,16 @@ def worker(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     width = CONFIGS[args.config]["vision"]["width"]
     gemm_shape = (args.batch * 197, width, 4 * width)
-    measured: dict[str, float] = {}
+    measured: dict[str, Any] = {}
     if not args.flops_only:
         measured["gemm_fp32_gflops"] = gemm_rate(torch.float32, device, *gemm_shape)
+        if device.type == "cpu":
+            from xfm.core.layers import cpu_gemm_backend
+
+            measured["cpu_gemm_backend"] = cpu_gemm_backend()
+            measured["gemm_fp32_torch_mm_gflops"] = gemm_rate(
+                torch.float32, device, *gemm_shape, torch_mm=True
+            )
         if args.precision != "fp32":
             low = torch.bfloat16 if args.precision == "bf16" else torch.float16
             measured[f"gemm_{args.precision}_gflops"] = gemm_rate(low, device, *gemm_shape)

@@ -9,7 +9,6 @@ import pytest
 
 from xfm.core import cpu_memory
 
-
 _FAULTS = """
 import platform, resource, torch
 from xfm.core.cpu_memory import keep_freed_memory

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from xfm.core.layers.linear import Linear
 from xfm.core.layers.mlp import get_activation
 from xfm.core.layers.vocab_loss import vocab_cross_entropy
 
@@ -26,10 +27,10 @@ class MLMHead(nn.Module):
         tied_weight: nn.Parameter | None = None,
     ) -> None:
         super().__init__()
-        self.dense = nn.Linear(width, width)
+        self.dense = Linear(width, width)
         self.act = get_activation(act)
         self.layer_norm = nn.LayerNorm(width, eps=eps)
-        self.decoder = nn.Linear(width, vocab_size, bias=False)
+        self.decoder = Linear(width, vocab_size, bias=False)
         if tied_weight is not None:
             if tuple(tied_weight.shape) != (vocab_size, width):
                 raise ValueError(
@@ -62,8 +63,8 @@ class MLPHead(nn.Sequential):
     def __init__(self, dim: int, out_dim: int, hidden_dim: int | None = None, eps: float = 1e-5):
         hidden = hidden_dim or 2 * dim
         super().__init__(
-            nn.Linear(dim, hidden),
+            Linear(dim, hidden),
             nn.LayerNorm(hidden, eps=eps),
             nn.GELU(),
-            nn.Linear(hidden, out_dim),
+            Linear(hidden, out_dim),
         )

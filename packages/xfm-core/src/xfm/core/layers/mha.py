@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from xfm.core.attention import Backend, attention
+from xfm.core.layers.linear import Linear
 
 
 def autocast_input(x: torch.Tensor) -> torch.Tensor:
@@ -44,10 +45,10 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.kv_dim = kv_dim or dim
-        self.query = nn.Linear(dim, dim, bias=bias)
-        self.key = nn.Linear(self.kv_dim, dim, bias=bias)
-        self.value = nn.Linear(self.kv_dim, dim, bias=bias)
-        self.out = nn.Linear(dim, dim, bias=bias) if out_proj else nn.Identity()
+        self.query = Linear(dim, dim, bias=bias)
+        self.key = Linear(self.kv_dim, dim, bias=bias)
+        self.value = Linear(self.kv_dim, dim, bias=bias)
+        self.out = Linear(dim, dim, bias=bias) if out_proj else nn.Identity()
         self.attn_dropout = attn_dropout
         self.backend = backend
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xfm.core.dropout import Dropout
+from xfm.core.layers.linear import Linear, linear, matmul
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact (erf) GELU, as BERT, RoBERTa and BEiT use
@@ -42,7 +43,7 @@ class _GeluLinear(torch.autograd.Function):
     def forward(ctx, h, weight, bias):
         ctx.save_for_backward(h, weight)
         ctx.has_bias = bias is not None
-        return F.linear(F.gelu(h), weight, bias)
+        return linear(F.gelu(h), weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -50,12 +51,16 @@ class _GeluLinear(torch.autograd.Function):
         grad_h = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
             act = F.gelu(h)
-            grad_w = grad_out.reshape(-1, grad_out.shape[-1]).t().mm(act.reshape(-1, h.shape[-1]))
+            grad_w = matmul(
+                grad_out.reshape(-1, grad_out.shape[-1]).t(), act.reshape(-1, h.shape[-1])
+            )
             del act
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
         if ctx.needs_input_grad[0]:
-            grad_h = torch.ops.aten.gelu_backward(grad_out.matmul(weight), h, approximate="none")
+            g2 = grad_out.reshape(-1, grad_out.shape[-1])
+            grad_x = matmul(g2, weight).view(h.shape)
+            grad_h = torch.ops.aten.gelu_backward(grad_x, h, approximate="none")
         return grad_h, grad_w, grad_b
 
 
@@ -72,8 +77,8 @@ class Mlp(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim, bias=bias)
-        self.fc2 = nn.Linear(hidden_dim, out_dim or dim, bias=bias)
+        self.fc1 = Linear(dim, hidden_dim, bias=bias)
+        self.fc2 = Linear(hidden_dim, out_dim or dim, bias=bias)
         self.act_name = act
         self.act = get_activation(act)
         self.drop = Dropout(dropout)

@@ -10,6 +10,7 @@ from torch import nn
 from xfm.core.attention import Backend, attention
 from xfm.core.dropout import Dropout
 from xfm.core.layers.drop_path import DropPath
+from xfm.core.layers.linear import Linear, linear
 from xfm.core.layers.mlp import Mlp
 from xfm.core.layers.residual import residual_add
 
@@ -39,14 +40,14 @@ class FusedQKVAttention(nn.Module):
             raise ValueError(f"qkv_bias must be 'qkv', 'qv' or 'none'; got {qkv_bias!r}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias == "qkv")
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias == "qkv")
         self.q_bias: nn.Parameter | None = None
         self.v_bias: nn.Parameter | None = None
         if qkv_bias == "qv":
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
             self.register_buffer("k_bias", torch.zeros(dim), persistent=False)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.attn_dropout = attn_dropout
         self.proj_drop = Dropout(proj_dropout)
         self.backend = backend
@@ -61,7 +62,7 @@ class FusedQKVAttention(nn.Module):
         b, n, d = x.shape
         if self.q_bias is not None:
             qkv_b = torch.cat((self.q_bias, self.k_bias, self.v_bias))
-            qkv = nn.functional.linear(x, self.qkv.weight, qkv_b)
+            qkv = linear(x, self.qkv.weight, qkv_b)
         else:
             qkv = self.qkv(x)
         q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)

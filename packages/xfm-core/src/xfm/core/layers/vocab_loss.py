@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from xfm.core.layers.linear import linear, matmul
+
 __all__ = ["vocab_cross_entropy"]
 
 
@@ -33,7 +35,7 @@ class _VocabCrossEntropy(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             b = bias.to(dtype) if bias is not None else None
-            logits = (torch.addmm(b, h, w.t()) if b is not None else h @ w.t()).float()
+            logits = linear(h, w, b).float()
             lse = torch.logsumexp(logits, dim=1)
             picked = logits.gather(1, labels[:, None]).squeeze(1)
             loss = (lse - picked).mean()
@@ -60,9 +62,9 @@ class _VocabCrossEntropy(torch.autograd.Function):
             g = p.to(h.dtype)
             grad_h = grad_w = grad_b = None
             if ctx.needs_input_grad[0]:
-                grad_h = (g @ w).to(ctx.dtypes[0])
+                grad_h = matmul(g, w).to(ctx.dtypes[0])
             if ctx.needs_input_grad[1]:
-                grad_w = (g.t() @ h).to(ctx.dtypes[1])
+                grad_w = matmul(g.t(), h).to(ctx.dtypes[1])
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 grad_b = p.sum(0).to(ctx.dtypes[2])
         return grad_h, grad_w, grad_b, None, None
