@@ -28,7 +28,7 @@ one step are counted once per (step, precision) with ``torch.utils.flop_counter`
 attention) in a process of its own; ``fraction_of_measured_gemm`` is the step's FLOP rate over
 the rate of its largest GEMM (``[batch * 197, width] @ [width, 4 * width]``) measured in the same
 process just before the step (what this machine delivers right now) through
-``xfm.core.layers.linear``, the path the step's layers take (fp32 on CPU: oneDNN where
+``xfm.core.layers.cpu_gemm``, the path the step's layers take (fp32 on CPU: oneDNN where
 ``cpu_gemm_backend()`` picks it, e.g. AMD CPUs with AVX-512, where PyTorch's MKL runs an AVX2
 path; the row also carries ``gemm_fp32_torch_mm_gflops``, ``torch.mm``'s own rate, and
 ``cpu_gemm_backend``); ``--peak-gflops`` adds a fraction of a nominal peak.
@@ -184,7 +184,7 @@ def gemm_rate(
     dtype, device, m: int, k: int, n: int, seconds: float = 1.0, torch_mm: bool = False
 ) -> float:
     """GFLOP/s of one ``[m, k] x [k, n]`` GEMM (the step's largest shape) right now, through
-    xfm's :func:`xfm.core.layers.linear` (the path the step's layers take: oneDNN for fp32 on
+    xfm's :func:`xfm.core.layers.cpu_gemm` (the path the step's layers take: oneDNN for fp32 on
     CPUs where :func:`~xfm.core.layers.cpu_gemm_backend` picks it), or ``torch.mm`` itself
     (``torch_mm``: PyTorch's BLAS for fp32 on CPU)."""
     import torch

@@ -1,4 +1,4 @@
-"""``xfm.core.layers.linear``: the oneDNN fp32 CPU path against ``F.linear``, and its switch."""
+"""``xfm.core.layers.cpu_gemm``: the oneDNN fp32 CPU path against ``F.linear``, and its switch."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from xfm.core.layers import Linear, cpu_gemm_backend, linear
 
-linear_module = importlib.import_module("xfm.core.layers.linear")
+linear_module = importlib.import_module("xfm.core.layers.cpu_gemm")
 
 
 @pytest.fixture

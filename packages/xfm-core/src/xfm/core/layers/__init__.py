@@ -2,9 +2,9 @@
 
 from xfm.core.dropout import Dropout, dropout, dropout_mask
 from xfm.core.layers.bert_layer import PostLNLayer
+from xfm.core.layers.cpu_gemm import Linear, cpu_gemm_backend, linear
 from xfm.core.layers.drop_path import DropPath, drop_path
 from xfm.core.layers.heads import MLMHead, MLPHead
-from xfm.core.layers.linear import Linear, cpu_gemm_backend, linear
 from xfm.core.layers.mha import MultiHeadAttention
 from xfm.core.layers.mlp import Mlp, get_activation
 from xfm.core.layers.residual import residual_add

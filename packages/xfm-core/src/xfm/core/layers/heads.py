@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from xfm.core.layers.linear import Linear
+from xfm.core.layers.cpu_gemm import Linear
 from xfm.core.layers.mlp import get_activation
 from xfm.core.layers.vocab_loss import vocab_cross_entropy
 

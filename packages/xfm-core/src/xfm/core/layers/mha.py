@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from xfm.core.attention import Backend, attention
-from xfm.core.layers.linear import Linear
+from xfm.core.layers.cpu_gemm import Linear
 
 
 def autocast_input(x: torch.Tensor) -> torch.Tensor:

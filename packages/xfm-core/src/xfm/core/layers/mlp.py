@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xfm.core.dropout import Dropout
-from xfm.core.layers.linear import Linear, linear, matmul
+from xfm.core.layers.cpu_gemm import Linear, linear, matmul
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact (erf) GELU, as BERT, RoBERTa and BEiT use

@@ -9,8 +9,8 @@ from torch import nn
 
 from xfm.core.attention import Backend, attention
 from xfm.core.dropout import Dropout
+from xfm.core.layers.cpu_gemm import Linear, linear
 from xfm.core.layers.drop_path import DropPath
-from xfm.core.layers.linear import Linear, linear
 from xfm.core.layers.mlp import Mlp
 from xfm.core.layers.residual import residual_add
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from xfm.core.layers.linear import linear, matmul
+from xfm.core.layers.cpu_gemm import linear, matmul
 
 __all__ = ["vocab_cross_entropy"]
 
