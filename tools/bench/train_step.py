@@ -466,7 +466,11 @@ def xfm_row(args: argparse.Namespace, step: str, precision: str, env) -> dict[st
 
 
 def count_flops(args: argparse.Namespace, step: str, precision: str, env) -> float | None:
-    """GFLOP of one xfm step, counted in a process of its own (``None`` if that failed)."""
+    """GFLOP of one xfm step, counted in a process of its own (``None`` if that failed).
+
+    Counted with the BLAS GEMM path (``XFM_CPU_GEMM=blas``): ``torch.utils.flop_counter`` does
+    not see oneDNN's linear op, and the FLOPs are the same either way."""
+    env = {**(env if env is not None else os.environ), "XFM_CPU_GEMM": "blas"}
     res = run_measured([*xfm_command(args, step, precision), "--flops-only"], env, args.timeout)
     got = last_json(res["stdout"]) if res["returncode"] == 0 else None
     return None if got is None else got["flops"] / 1e9
