@@ -9,6 +9,29 @@ from xfm.fusion import XFM, CrossAttentionFusionEncoder
 from xfm.fusion.packed import pair_vectors
 
 
+def _tiny_xfm(fusion: dict) -> XFM:
+    """A tiny X-FM (ViT, BERT, width 24) with the given fusion encoder spec."""
+    return XFM(
+        vision={
+            "name": "vit",
+            "image_size": 32,
+            "patch_size": 16,
+            "width": 24,
+            "layers": 1,
+            "heads": 2,
+        },
+        text={
+            "name": "bert",
+            "vocab_size": 50,
+            "width": 24,
+            "layers": 1,
+            "heads": 2,
+            "ffn_dim": 48,
+        },
+        fusion=fusion,
+    )
+
+
 def _padded_reference(enc, states, mask, kv):
     n = states.shape[0]
     wide = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv]
@@ -78,32 +101,8 @@ def test_pair_vectors_under_bf16_autocast_stay_close() -> None:
 
 def test_model_pair_vectors_fall_back_to_fuse_in_training_mode() -> None:
     torch.manual_seed(2)
-    model = XFM(
-        vision={
-            "name": "vit",
-            "image_size": 32,
-            "patch_size": 16,
-            "width": 24,
-            "layers": 1,
-            "heads": 2,
-        },
-        text={
-            "name": "bert",
-            "vocab_size": 50,
-            "width": 24,
-            "layers": 1,
-            "heads": 2,
-            "ffn_dim": 48,
-        },
-        fusion={
-            "name": "cross_attention",
-            "layers": 2,
-            "heads": 2,
-            "ffn_dim": 48,
-            "dropout": 0.0,
-            "attn_dropout": 0.0,
-        },
-    ).eval()
+    fusion = {"name": "cross_attention", "layers": 2, "heads": 2, "ffn_dim": 48}
+    model = _tiny_xfm({**fusion, "dropout": 0.0, "attn_dropout": 0.0}).eval()
     states = torch.randn(4, 6, 24)
     mask = torch.ones(4, 6, dtype=torch.long)
     mask[2, 3:] = 0
@@ -169,25 +168,7 @@ def test_model_fuse_positions_with_a_fusion_encoder_without_them() -> None:
             return super().forward(text_states, text_mask, image_states, image_mask, image_kv)
 
     torch.manual_seed(6)
-    model = XFM(
-        vision={
-            "name": "vit",
-            "image_size": 32,
-            "patch_size": 16,
-            "width": 24,
-            "layers": 1,
-            "heads": 2,
-        },
-        text={
-            "name": "bert",
-            "vocab_size": 50,
-            "width": 24,
-            "layers": 1,
-            "heads": 2,
-            "ffn_dim": 48,
-        },
-        fusion={"name": "cross_attention", "layers": 2, "heads": 2, "ffn_dim": 48},
-    ).eval()
+    model = _tiny_xfm({"name": "cross_attention", "layers": 2, "heads": 2, "ffn_dim": 48}).eval()
     text, image = torch.randn(2, 5, 24), torch.randn(2, 5, 24)
     mask = torch.ones(2, 5, dtype=torch.long)
     positions = torch.tensor([[0, 4], [1, 2]])
