@@ -64,6 +64,20 @@ def test_autocast_other_dtypes_and_blas_take_f_linear(backend) -> None:
     assert "OneDNN" not in type(linear(x, w).grad_fn).__name__
 
 
+@needs_onednn
+def test_empty_products_stay_with_pytorch(backend) -> None:
+    """oneDNN refuses empty GEMMs (e.g. an MLM batch without masked tokens)."""
+    from xfm.core.layers.cpu_gemm import matmul
+
+    backend("onednn")
+    x, w = torch.randn(0, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)
+    y = linear(x, w)
+    y.sum().backward()
+    assert y.shape == (0, 4) and not w.grad.any()
+    assert matmul(torch.randn(0, 3), torch.randn(3, 5)).shape == (0, 5)
+    assert not matmul(torch.randn(4, 0), torch.randn(0, 5)).any()
+
+
 def test_backend_choice(backend, monkeypatch) -> None:
     assert backend("blas") == "blas"
     monkeypatch.setattr(linear_module, "_onednn_available", lambda: True)

@@ -74,9 +74,10 @@ def cpu_gemm_backend() -> str:
 
 
 def _routed(*tensors: torch.Tensor | None) -> bool:
-    """fp32 CPU tensors outside autocast, and oneDNN chosen."""
+    """Non-empty fp32 CPU tensors outside autocast, and oneDNN chosen (oneDNN refuses empty
+    products, so those stay with PyTorch)."""
     for t in tensors:
-        if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
+        if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32 or t.numel() == 0):
             return False
     return not torch.is_autocast_enabled("cpu") and cpu_gemm_backend() == "onednn"
 
@@ -112,7 +113,7 @@ class _OneDNNLinear(torch.autograd.Function):
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``: ``x`` ``[..., K]``, ``weight`` ``[N, K]`` -> ``[..., N]``,
     on oneDNN for fp32 CPU tensors outside autocast when :func:`cpu_gemm_backend` says so."""
-    if not _routed(x, weight, bias) or x.dim() == 0 or x.shape[-1] == 0:
+    if x.dim() == 0 or not _routed(x, weight, bias):
         return F.linear(x, weight, bias)
     return _OneDNNLinear.apply(x, weight, bias)
 
