@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from xfm.core.layers import PostLNLayer
+from xfm.core.layers import PostLNLayer, take_positions
 from xfm.fusion.packed import pair_vectors, text_self_attention
 
 ImageKV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -151,5 +151,5 @@ class CrossAttentionFusionEncoder(nn.Module):
                     positions=rows,
                 )
         if positions is not None and not len(self.layers):
-            x = torch.gather(x, 1, positions.long()[..., None].expand(-1, -1, x.shape[-1]))
+            x = take_positions(x, positions)
         return x

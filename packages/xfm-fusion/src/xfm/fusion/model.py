@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xfm.core.layers import MLMHead, MLPHead
+from xfm.core.layers import MLMHead, MLPHead, take_positions
 from xfm.core.registry import create
 from xfm.fusion.contract import check_encoder
 
@@ -170,9 +170,9 @@ class XFMEncoders(nn.Module):
             return enc(text_states, text_mask, image_states, image_mask, image_kv)
         if _takes_positions(enc):
             return enc(text_states, text_mask, image_states, image_mask, image_kv, positions)
-        full = enc(text_states, text_mask, image_states, image_mask, image_kv)
-        index = positions.long()[..., None].expand(-1, -1, full.shape[-1])
-        return torch.gather(full, 1, index)
+        return take_positions(
+            enc(text_states, text_mask, image_states, image_mask, image_kv), positions
+        )
 
     def pair_vectors(
         self, text_states: torch.Tensor, text_mask: torch.Tensor, image_kv
@@ -298,20 +298,15 @@ class HeadMethods:
         """``[B, T, Dt]`` -> box ``(cx, cy, w, h)`` in [0, 1], ``[B, 4]``."""
         return self.bbox_head(fusion_states[:, 0]).sigmoid()
 
-    @staticmethod
-    def _gather(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        idx = positions.long().unsqueeze(-1).expand(-1, -1, states.shape[-1])
-        return torch.gather(states, 1, idx)
-
     def text_mlm_logits(self, text_states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Text-only MLM logits ``[B, M, V]`` at ``positions`` ``[B, M]``."""
-        return self.text_mlm_head(self._gather(text_states, positions))
+        return self.text_mlm_head(take_positions(text_states, positions))
 
     def fusion_mlm_logits(
         self, fusion_states: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
         """Image-conditioned MLM logits ``[B, M, V]`` at ``positions`` ``[B, M]``."""
-        return self.fusion_mlm_head(self._gather(fusion_states, positions))
+        return self.fusion_mlm_head(take_positions(fusion_states, positions))
 
 
 class XFM(HeadMethods, XFMEncoders):

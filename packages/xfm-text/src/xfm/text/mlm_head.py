@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from xfm.core.layers import MLMHead as _CoreMLMHead
+from xfm.core.layers import take_positions
 from xfm.text.config import TextEncoderConfig
 
 
@@ -24,8 +25,7 @@ def gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Ten
         low, high = (int(v) for v in torch.aminmax(positions))
         if low < 0 or high >= t:
             raise ValueError(f"positions must be in [0, T={t}); got values in [{low}, {high}]")
-    index = positions.long()[..., None].expand(-1, -1, hidden.shape[-1])
-    return torch.gather(hidden, 1, index)
+    return take_positions(hidden, positions)
 
 
 class MLMHead(_CoreMLMHead):

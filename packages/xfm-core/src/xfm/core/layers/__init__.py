@@ -7,6 +7,7 @@ from xfm.core.layers.drop_path import DropPath, drop_path
 from xfm.core.layers.heads import MLMHead, MLPHead
 from xfm.core.layers.mha import MultiHeadAttention
 from xfm.core.layers.mlp import Mlp, get_activation
+from xfm.core.layers.positions import take_positions
 from xfm.core.layers.residual import residual_add
 from xfm.core.layers.vit_block import FusedQKVAttention, PreLNBlock
 from xfm.core.layers.vocab_loss import vocab_cross_entropy
@@ -29,5 +30,6 @@ __all__ = [
     "get_activation",
     "linear",
     "residual_add",
+    "take_positions",
     "vocab_cross_entropy",
 ]

@@ -9,6 +9,7 @@ from xfm.core.attention import Backend
 from xfm.core.dropout import Dropout
 from xfm.core.layers.mha import MultiHeadAttention
 from xfm.core.layers.mlp import Mlp
+from xfm.core.layers.positions import take_positions
 
 
 class PostLNLayer(nn.Module):
@@ -84,7 +85,7 @@ class PostLNLayer(nn.Module):
             if causal:
                 raise ValueError("positions= is not supported with causal self-attention")
             keys = x
-            x = torch.gather(x, 1, positions.long()[..., None].expand(-1, -1, x.shape[-1]))
+            x = take_positions(x, positions)
             h = self.self_attn(x, context=keys, key_mask=key_mask)
         x = self.self_norm(x + self.drop(h))
         if self.cross_attn is not None:
