@@ -118,6 +118,15 @@ def encode_images(
     return out["states"], out["feat"]
 
 
+def _by_length(rows: torch.Tensor, lengths: torch.Tensor, size: int) -> Any:
+    """``(batch rows, longest length in the batch)`` over ``rows`` sorted by ``lengths``
+    (stable), ``size`` rows a batch: batches to run trimmed to their longest text."""
+    order = rows[torch.sort(lengths[rows], stable=True).indices]
+    for b in range(0, len(order), size):
+        batch = order[b : b + size]
+        yield batch, int(lengths[batch].max())
+
+
 def encode_texts(
     model: nn.Module,
     texts: Any,
@@ -139,14 +148,11 @@ def encode_texts(
     ids = torch.cat([nn.functional.pad(i, (0, width - i.shape[1])) for i, _ in given])
     mask = torch.cat([nn.functional.pad(m, (0, width - m.shape[1])) for _, m in given])
     lengths = (mask != 0).long().cumsum(1).argmax(1) + 1  # last real token + 1
-    order = torch.sort(lengths, stable=True).indices
-
-    def batches() -> Any:
-        for b in range(0, len(order), size):
-            rows = order[b : b + size]
-            n = int(lengths[rows].max())
-            yield rows, ids[rows, :n], mask[rows, :n]
-
+    count = len(lengths)
+    batches = (
+        (rows, ids[rows, :n], mask[rows, :n])
+        for rows, n in _by_length(torch.arange(count), lengths, size)
+    )
     out: dict[str, torch.Tensor] = {}
     longest = int(lengths.max())
 
@@ -155,13 +161,13 @@ def encode_texts(
         s = model.encode_text(ids, mask)
         f = nn.functional.normalize(model.text_proj(s[:, 0]).float(), dim=-1)
         if not out:  # the outputs, in input order, filled batch by batch
-            out["states"] = s.new_zeros(len(order), longest, s.shape[-1])
-            out["feat"] = f.new_empty(len(order), f.shape[-1])
+            out["states"] = s.new_zeros(count, longest, s.shape[-1])
+            out["feat"] = f.new_empty(count, f.shape[-1])
         out["states"][rows, : s.shape[1]] = s
         out["feat"][rows] = f
         return {}
 
-    run_batches(batches(), step, device=device, autocast=autocast)
+    run_batches(batches, step, device=device, autocast=autocast)
     return out["states"], mask[:, :longest].to(out["states"].device), out["feat"]
 
 
@@ -215,14 +221,12 @@ def _itm_batches(
     lengths: torch.Tensor,
     batch_size: int,
     kv_chunk: int,
-    per_image: bool | None,
+    per_image: bool,
 ) -> Any:
     """The re-ranking batches of :func:`itm_scores`: ``{"start": first image of the chunk,
     "chunk": image rows whose K/V are held, "idx": pair indices, "single": local image row or
     None}``, chunk by chunk."""
     images, counts = torch.unique_consecutive(pairs[:, 0], return_counts=True)
-    if per_image is None:
-        per_image = pairs.shape[0] >= 32 * len(images)
     ends = counts.cumsum(0).tolist()
     for c in range(0, len(images), kv_chunk):
         chunk = images[c : c + kv_chunk]
@@ -247,19 +251,13 @@ def _text_self_attention(
     """The fusion encoder's ``text_self_attention`` of the rows ``texts`` (others zero), in
     length-sorted batches trimmed to their longest text: ``[T, L, Dt]``."""
     out = torch.zeros_like(text_states)
-    order = texts[torch.sort(lengths[texts], stable=True).indices]
-
-    def batches() -> Any:
-        for b in range(0, len(order), batch_size):
-            rows = order[b : b + batch_size]
-            yield rows, int(lengths[rows].max())
 
     def step(batch: tuple[torch.Tensor, int]) -> dict[str, Any]:
         rows, n = batch
         out[rows, :n] = encoder.text_self_attention(text_states[rows, :n], text_mask[rows, :n])
         return {}
 
-    run_batches(batches(), step, device=device, autocast=autocast)
+    run_batches(_by_length(texts, lengths, batch_size), step, device=device, autocast=autocast)
     return out
 
 
@@ -308,6 +306,7 @@ def itm_scores(
             device,
             autocast,
         )
+    packed = getattr(model, "pair_vectors", None)
     held: dict[str, Any] = {}  # the K/V of the current chunk of images
 
     def step(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -319,7 +318,6 @@ def itm_scores(
         kv = held["kv"]
         texts = pairs[idx, 1]
         length = int(lengths[texts].max())
-        packed = getattr(model, "pair_vectors", None)
         if single is not None and (shared is not None or packed is not None):
             one = [(k[single : single + 1], v[single : single + 1]) for k, v in kv]
             mask = text_mask[texts, :length]
