@@ -48,17 +48,15 @@ class _GeluLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         h, weight = ctx.saved_tensors
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
         grad_h = grad_w = grad_b = None
         if ctx.needs_input_grad[1]:
             act = F.gelu(h)
-            grad_w = matmul(
-                grad_out.reshape(-1, grad_out.shape[-1]).t(), act.reshape(-1, h.shape[-1])
-            )
+            grad_w = matmul(g2.t(), act.reshape(-1, h.shape[-1]))
             del act
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+            grad_b = g2.sum(0)
         if ctx.needs_input_grad[0]:
-            g2 = grad_out.reshape(-1, grad_out.shape[-1])
             grad_x = matmul(g2, weight).view(h.shape)
             grad_h = torch.ops.aten.gelu_backward(grad_x, h, approximate="none")
         return grad_h, grad_w, grad_b
